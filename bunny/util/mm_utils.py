@@ -1,0 +1,169 @@
+"""Image and token helpers used around the model: loading and preprocessing images, image-aware
+tokenisation, model names, and per-sequence keyword stopping for `generate`.
+
+The signatures are the original Bunny ones, so scripts written against it keep working.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from io import BytesIO
+from typing import Any, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import StoppingCriteria
+
+from bunny.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+
+class ImageLoadError(ValueError):
+    """An image could not be read; the message names the source and the cause."""
+
+
+# Decompression bombs: PIL warns above this many pixels; we refuse instead.
+Image.MAX_IMAGE_PIXELS = 89_478_485
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+
+
+def _open_image(data: BytesIO, source: str) -> Image.Image:
+    try:
+        image = Image.open(data)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"{source} is not a readable image ({type(err).__name__}: {err})") from err
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"{source} is too large to decode safely: {err}") from err
+    return image
+
+
+def load_image(image_file: str, timeout: float = 10.0) -> Image.Image:
+    """Open a local path or an http(s) URL as an RGB image, with an error naming the file and the cause."""
+    if image_file.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            response = requests.get(image_file, timeout=timeout, stream=True)
+            response.raise_for_status()
+            content = response.raw.read(MAX_IMAGE_BYTES + 1, decode_content=True)
+        except requests.RequestException as err:
+            raise ImageLoadError(f"could not fetch image {image_file}: {err}") from err
+        if len(content) > MAX_IMAGE_BYTES:
+            raise ImageLoadError(f"image {image_file} is larger than {MAX_IMAGE_BYTES} bytes")
+        return _open_image(BytesIO(content), f"image {image_file}").convert("RGB")
+    if not os.path.isfile(image_file):
+        raise ImageLoadError(f"image file not found: {image_file}")
+    with open(image_file, "rb") as f:
+        content = f.read()
+    return _open_image(BytesIO(content), f"image file {image_file}").convert("RGB")
+
+
+def load_image_from_base64(image: str) -> Image.Image:
+    try:
+        data = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageLoadError(f"image is not valid base64: {err}") from err
+    return _open_image(BytesIO(data), "base64 image")
+
+
+def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
+    """Paste `pil_img` centred on a square canvas of side max(w, h) filled with `background_color`."""
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side = max(width, height)
+    result = Image.new(pil_img.mode, (side, side), background_color)
+    result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def process_images(images: Sequence[Image.Image], image_processor: Any, model_cfg: Any) -> torch.Tensor | list:
+    """Images -> pixel values the vision tower expects: `[N, 3, H, W]`, or a list if shapes differ.
+
+    With `image_aspect_ratio == "pad"` each image is first centred on a square of the processor's
+    mean colour (`int(mean * 255)` per channel), as in training.
+    """
+    images = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+    if getattr(model_cfg, "image_aspect_ratio", None) == "pad":
+        background = tuple(int(x * 255) for x in image_processor.image_mean)
+        new_images = [
+            image_processor.preprocess(expand2square(image, background), return_tensors="pt")["pixel_values"][0]
+            for image in images
+        ]
+        if all(x.shape == new_images[0].shape for x in new_images):
+            return torch.stack(new_images, dim=0)
+        return new_images
+    return image_processor(images, return_tensors="pt")["pixel_values"]
+
+
+def tokenizer_image_token(
+    prompt: str,
+    tokenizer: Any,
+    image_token_index: int = IMAGE_TOKEN_INDEX,
+    return_tensors: str | None = None,
+) -> list[int] | torch.Tensor:
+    """Tokenise `prompt` with each `<image>` replaced by one `image_token_index`.
+
+    Every text chunk is tokenised on its own. When the tokenizer prepends BOS, the sequence starts
+    with one BOS and every chunk's own leading id (its BOS) is dropped.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
+    bos = tokenizer.bos_token_id
+    input_ids: list[int] = []
+    skip = 0
+    if chunks and chunks[0] and bos is not None and chunks[0][0] == bos:
+        input_ids.append(bos)
+        skip = 1
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            input_ids.append(image_token_index)
+        input_ids.extend(chunk[skip:])
+    if return_tensors is None:
+        return input_ids
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    raise ValueError(f"Unsupported tensor type: {return_tensors}")
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """`.../run/checkpoint-500` -> `run_checkpoint-500`; otherwise the last path component."""
+    parts = model_path.strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return parts[-2] + "_" + parts[-1]
+    return parts[-1]
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stops each sequence of a batch on its own once it ends with one of `keywords`.
+
+    The original stopped the batch only when every sequence matched, so finished rows kept
+    generating; here finished rows stop and are padded by `generate`.
+    """
+
+    def __init__(self, keywords: Sequence[str], tokenizer: Any, input_ids: torch.Tensor) -> None:
+        self.keywords = list(keywords)
+        self.tokenizer = tokenizer
+        self.keyword_ids = []
+        for keyword in self.keywords:
+            ids = tokenizer(keyword).input_ids
+            if ids and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id and len(ids) > 1:
+                ids = ids[1:]
+            self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
+        self.max_keyword_len = max(len(ids) for ids in self.keyword_ids)
+        self.start_len = input_ids.shape[1]
+
+    def _sequence_done(self, output_ids: torch.Tensor) -> bool:
+        for ids in self.keyword_ids:
+            if len(ids) and output_ids.shape[0] >= len(ids) and torch.equal(output_ids[-len(ids) :].cpu(), ids):
+                return True
+        offset = min(output_ids.shape[0] - self.start_len, self.max_keyword_len)
+        if offset <= 0:
+            return False
+        text = self.tokenizer.decode(output_ids[-offset:], skip_special_tokens=True)
+        return any(keyword in text for keyword in self.keywords)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None = None, **kwargs) -> torch.BoolTensor:
+        done = [self._sequence_done(row) for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
