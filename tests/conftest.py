@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tiny import FIXTURES, save_clip_tower, save_siglip_tower
+from tiny import FIXTURES, save_clip_tower, save_eva_tower, save_siglip_tower
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -20,6 +20,11 @@ def siglip_tower(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def clip_tower(tmp_path_factory) -> str:
     return save_clip_tower(tmp_path_factory.mktemp("towers") / "clip-test")
+
+
+@pytest.fixture(scope="session")
+def eva_tower(tmp_path_factory) -> str:
+    return save_eva_tower(tmp_path_factory.mktemp("towers"))
 
 
 @pytest.fixture()

@@ -126,6 +126,23 @@ def test_cached_equals_uncached(model_type, siglip_tower):
     assert torch.equal(greedy(model, single, pixels[:1]), greedy(model, single, pixels[:1], use_cache=False))
 
 
+@pytest.mark.parametrize("tower", ["clip_tower", "eva_tower"])
+def test_other_towers_save_reload_generate(tower, request, tmp_path):
+    tower_path = request.getfixturevalue(tower)
+    model = build_model("phi-3", tower_path)
+    rows, pixels, per_row = _mixed_batch()
+    ids, mask = left_pad(rows)
+    batched = greedy(model, ids, pixels, attention_mask=mask)
+    for i, (row, images) in enumerate(zip(rows, per_row)):
+        assert batched[i].tolist() == greedy(model, row[None], images if len(images) else None)[0].tolist()
+    model.save_pretrained(tmp_path)
+    keys = saved_keys(tmp_path)
+    prefix = "model.vision_tower.vision_tower." + ("model.blocks.0.mlp.w1.weight" if tower == "eva_tower" else "vision_model.")
+    assert any(k.startswith(prefix) for k in keys)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(greedy(reloaded, ids, pixels, attention_mask=mask), batched)
+
+
 def test_one_token_prompt_is_multimodal(siglip_tower):
     # The original treated a 1-token first prompt as a decode step and ignored the image.
     model = build_model("phi-2", siglip_tower)
@@ -235,6 +252,13 @@ def test_image_placeholder_without_images_is_an_error(siglip_tower):
         model.generate(ids, max_new_tokens=2)
     with pytest.raises(ValueError, match="2 image\\(s\\) were given for 1 <image> placeholder"):
         model(torch.cat([ids, ids[:, :3].clamp(min=0)], 1), images=random_pixels(2, 0))
+
+
+def test_generate_rejects_an_image_without_placeholder(siglip_tower):
+    model = build_model("phi-2", siglip_tower)
+    text_only = random_prompt(6, 0, 0)[None]
+    with pytest.raises(ValueError, match="1 image\\(s\\) were given for 0 <image> placeholder"):
+        model.generate(text_only, images=random_pixels(1, 0), max_new_tokens=2)
 
 
 def test_text_only_model_rejects_images():

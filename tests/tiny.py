@@ -7,6 +7,8 @@ have wide margins and don't flip on float round-off between differently shaped b
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
@@ -59,6 +61,67 @@ def save_clip_tower(directory: str | os.PathLike, seed: int = 0) -> str:
         size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     ).save_pretrained(directory)
     return str(directory)
+
+
+# -- EVA-CLIP: a whole-model checkpoint file in EVA-CLIP's own key names, plus <stem>.json ----------
+EVA_TINY = dict(image_size=IMAGE_SIZE, patch_size=PATCH, width=16, depth=2, head_width=8, mlp_ratio=2.6667,
+                rope_ref_grid=4, embed_dim=8, layer_norm_eps=1e-6)
+
+
+def eva_clip_visual_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """Every learned tensor of EVA-CLIP's visual tower, by its EVA-CLIP name."""
+    width, patch, hidden = cfg["width"], cfg["patch_size"], int(cfg["width"] * cfg["mlp_ratio"])
+    tokens = (cfg["image_size"] // patch) ** 2 + 1
+    shapes: dict[str, tuple[int, ...]] = {
+        "cls_token": (1, 1, width),
+        "pos_embed": (1, tokens, width),
+        "patch_embed.proj.weight": (width, 3, patch, patch),
+        "patch_embed.proj.bias": (width,),
+    }
+    for i in range(cfg["depth"]):
+        b = f"blocks.{i}."
+        shapes.update({
+            b + "norm1.weight": (width,), b + "norm1.bias": (width,),
+            b + "attn.q_bias": (width,), b + "attn.v_bias": (width,),
+            b + "attn.q_proj.weight": (width, width), b + "attn.k_proj.weight": (width, width),
+            b + "attn.v_proj.weight": (width, width),
+            b + "attn.inner_attn_ln.weight": (width,), b + "attn.inner_attn_ln.bias": (width,),
+            b + "attn.proj.weight": (width, width), b + "attn.proj.bias": (width,),
+            b + "norm2.weight": (width,), b + "norm2.bias": (width,),
+            b + "mlp.w1.weight": (hidden, width), b + "mlp.w1.bias": (hidden,),
+            b + "mlp.w2.weight": (hidden, width), b + "mlp.w2.bias": (hidden,),
+            b + "mlp.ffn_ln.weight": (hidden,), b + "mlp.ffn_ln.bias": (hidden,),
+            b + "mlp.w3.weight": (width, hidden), b + "mlp.w3.bias": (width,),
+        })
+    shapes.update({
+        "norm.weight": (width,), "norm.bias": (width,),
+        "head.weight": (cfg["embed_dim"], width), "head.bias": (cfg["embed_dim"],),
+    })
+    return shapes
+
+
+def random_visual_weights(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, shape in eva_clip_visual_shapes(cfg).items():
+        values = torch.randn(shape, generator=generator)
+        if name.endswith(("norm1.weight", "norm2.weight", "ln.weight", "norm.weight")):
+            weights[name] = 1.0 + 0.2 * values  # LayerNorm gains near 1
+        elif name.endswith(("pos_embed", "cls_token")):
+            weights[name] = 0.5 * values
+        else:
+            weights[name] = values / math.sqrt(math.prod(shape[1:]) if len(shape) > 1 else shape[0])  # fan-in
+    return weights
+
+
+def save_eva_tower(directory: str | os.PathLike, seed: int = 0) -> str:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "EVA02_CLIP_tiny.pt"
+    weights = random_visual_weights(EVA_TINY, seed)
+    torch.save({"state_dict": {f"visual.{k}": v for k, v in weights.items()}}, path)
+    path.with_suffix(".json").write_text(json.dumps(EVA_TINY))
+    return str(path)
 
 
 def bunny_config(model_type: str, tower: str | None, projector: str = "mlp2x_gelu", **overrides):

@@ -151,7 +151,8 @@ class BunnyMixin:
 
     # The tower is built lazily and loaded from `mm_vision_tower`; the copy in the checkpoint is
     # only used when `unfreeze_vision_tower` / `continuous_training` say so (see load_vision_tower).
-    _keys_to_ignore_on_load_unexpected = [r"^model\.vision_tower\."]
+    # A base LLM's lm_head.bias (phi) is dropped: Bunny heads have none.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.vision_tower\.", r"^lm_head\.bias$"]
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -237,6 +238,7 @@ class BunnyMixin:
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         padding_side: str | None = None,
+        text_only_slots: bool = True,
     ) -> MergedInputs:
         """Encode `images` and splice them into the embeddings of `input_ids` (see bunny.model.merge)."""
         if self.get_vision_tower() is None:
@@ -249,6 +251,7 @@ class BunnyMixin:
             labels=labels,
             max_length=getattr(self.config, "tokenizer_model_max_length", None),
             padding_side=padding_side or getattr(self.config, "tokenizer_padding_side", None) or "right",
+            text_only_slots=text_only_slots,
         )
 
     # -- forward ---------------------------------------------------------------------------------
@@ -314,7 +317,10 @@ class BunnyMixin:
             return super().generate(input_ids, attention_mask=attention_mask, **kwargs)
         if input_ids is None:
             raise ValueError("generate with images needs input_ids")
-        merged = self.prepare_multimodal_inputs(input_ids, images, attention_mask, padding_side="left")
+        # At inference every image needs its placeholder: an extra image would be silently unused.
+        merged = self.prepare_multimodal_inputs(
+            input_ids, images, attention_mask, padding_side="left", text_only_slots=False
+        )
         # HF's generate counts lengths and feeds logits processors and stopping criteria in token
         # space; the spliced prompt goes in through `prompt_embeds` (prepare_inputs_for_generation).
         visible_ids = input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, 0)

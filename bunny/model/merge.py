@@ -30,19 +30,20 @@ class MergedInputs:
 
 
 def _chunk_for_each_placeholder(
-    is_image: torch.Tensor, num_chunks: int
+    is_image: torch.Tensor, num_chunks: int, text_only_slots: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which feature chunk each placeholder takes, in row-major order, and the chunks left unused.
 
-    Two layouts are accepted: one chunk per placeholder, or (as in Bunny training batches) one
-    chunk per placeholder plus one per text-only row, which takes its slot without using it.
+    Two layouts are accepted: one chunk per placeholder, or (as in Bunny training batches, when
+    `text_only_slots`) one chunk per placeholder plus one per text-only row, which takes its slot
+    without using it.
     """
     per_row = is_image.sum(dim=1)  # [B]
     num_placeholders = int(per_row.sum())
     text_only = per_row == 0
     if num_chunks == num_placeholders:
         return torch.arange(num_placeholders, device=is_image.device), is_image.new_zeros(0, dtype=torch.long)
-    if num_chunks == num_placeholders + int(text_only.sum()):
+    if text_only_slots and num_chunks == num_placeholders + int(text_only.sum()):
         slots = per_row.clamp(min=1)
         first_slot = slots.cumsum(0) - slots  # [B] index of each row's first chunk
         rank = is_image.long().cumsum(dim=1) - 1  # [B, T] rank of a placeholder within its row
@@ -63,12 +64,14 @@ def merge_image_features(
     labels: torch.Tensor | None = None,
     max_length: int | None = None,
     padding_side: str = "right",
+    text_only_slots: bool = True,
 ) -> MergedInputs:
     """Replace every `IMAGE_TOKEN_INDEX` in `input_ids` `[B, T]` by the rows of its image's features.
 
     `image_features` is `[M, N, D]` or a list of `[N_k, D]` chunks, consumed by the placeholders in
-    row-major order. Placeholders under a zero `attention_mask` count as padding. The caller's
-    tensors are never modified.
+    row-major order; with `text_only_slots`, rows without a placeholder may also take one (unused)
+    chunk each, as in training batches. Placeholders under a zero `attention_mask` count as
+    padding. The caller's tensors are never modified.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -84,7 +87,7 @@ def merge_image_features(
     else:
         num_chunks = len(image_features)
         chunk_lengths = torch.tensor([f.shape[0] for f in image_features], dtype=torch.long, device=device)
-    chunk_index, unused_chunks = _chunk_for_each_placeholder(is_image, num_chunks)
+    chunk_index, unused_chunks = _chunk_for_each_placeholder(is_image, num_chunks, text_only_slots)
 
     # Output span of every input position: 1 per text token, N_k per image, 0 for padding.
     span = is_text.long()  # [B, T]
