@@ -167,3 +167,17 @@ def test_keywords_stopping_is_per_sequence():
     assert criteria(outputs, None).tolist() == [True, False]
     outputs = torch.cat([prompt, torch.tensor([[40] + hash_ids, [41] * (1 + len(hash_ids))])], dim=1)
     assert criteria(outputs, None).tolist() == [True, False]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    from bunny.util.utils import atomic_write
+
+    target = tmp_path / "answers.jsonl"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as f:
+            f.write("half a line")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_write(target) as f:
+        f.write("done\n")
+    assert target.read_text() == "done\n"

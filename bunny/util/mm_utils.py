@@ -32,10 +32,12 @@ def _open_image(data: BytesIO, source: str) -> Image.Image:
     try:
         image = Image.open(data)
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"{source} is not a readable image ({type(err).__name__}: {err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{source} is not a readable image (unknown or corrupt image format)") from err
     except Image.DecompressionBombError as err:
         raise ImageLoadError(f"{source} is too large to decode safely: {err}") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageLoadError(f"{source} is not a readable image ({type(err).__name__}: {err})") from err
     return image
 
 

@@ -1,0 +1,2 @@
+"""Serving tools: the terminal chat (`python -m bunny.serve.cli`) and the web demo's controller,
+model workers and Gradio server."""
