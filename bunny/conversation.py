@@ -93,8 +93,6 @@ class Conversation:
         `pad_color` and `resize_to` default to the original's fixed values; callers that know the
         vision tower pass its mean colour and input size.
         """
-        from PIL import Image
-
         images = []
         for i, (_, message) in enumerate(self.messages[self.offset :]):
             if i % 2 != 0 or not isinstance(message, tuple):

@@ -27,10 +27,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from bunny.constants import IMAGE_TOKEN_INDEX
-from bunny.conversation import conv_templates, get_conv_template
-from bunny.model.backbones import MODEL_TYPES
+from bunny.conversation import get_conv_template
 from bunny.model.builder import load_pretrained_model
 from bunny.serve.cli import (
+    add_model_arguments,
     clean_reply,
     device_problem,
     image_prompt,
@@ -44,6 +44,7 @@ from bunny.util.mm_utils import (
     KeywordsStoppingCriteria,
     get_model_name_from_path,
     load_image,
+    pad_token_ids,
     process_images,
     tokenizer_image_token,
 )
@@ -73,17 +74,6 @@ def pair_up(image_files: Sequence[str], questions: Sequence[str]) -> list[tuple[
     )
 
 
-def left_pad(sequences: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D id tensors -> (input_ids, attention_mask), both [batch, longest], padding on the left."""
-    longest = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, longest - len(ids) :] = ids
-        attention_mask[row, longest - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
 def _strip_trailing(ids: list[int], pad_id: int | None) -> list[int]:
     end = len(ids)
     while pad_id is not None and end > 0 and ids[end - 1] == pad_id:
@@ -107,9 +97,10 @@ def answer_batch(
     prompts = [image_prompt(conv_mode, question) for _, question in pairs]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # [B, L] with IMAGE_TOKEN_INDEX in each row where its image goes
-    input_ids, attention_mask = left_pad(
+    input_ids, attention_mask = pad_token_ids(
         [tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for prompt in prompts],
         pad_id,
+        side="left",
     )
     input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     # [B, 3, H, W], one image per row
@@ -156,25 +147,7 @@ def answer_all(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Answer questions about images in batches with a Bunny model.")
-    parser.add_argument("--model-path", type=str, required=True, help="checkpoint directory or hub id")
-    parser.add_argument(
-        "--model-base", type=str, default=None, help="base LLM, for LoRA or projector-only checkpoints"
-    )
-    parser.add_argument(
-        "--model-type",
-        type=str,
-        required=True,
-        choices=MODEL_TYPES,
-        help="the LLM back-end of the checkpoint; it also picks the conversation template",
-    )
-    parser.add_argument("--device", type=str, default="cuda", help="torch device to run on, e.g. cuda, cpu")
-    parser.add_argument(
-        "--conv-mode",
-        type=str,
-        default=None,
-        choices=sorted(conv_templates),
-        help="conversation template; default: the one the model type was trained with",
-    )
+    add_model_arguments(parser, max_new_tokens=100, temperature=0.0, model_path_required=True)
     parser.add_argument(
         "--image-file",
         type=str,
@@ -190,11 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help=f"question(s) about the images; repeat the flag or list several (default: {DEFAULT_PROMPT!r})",
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=100, help="most tokens generated per answer")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 decodes greedily")
-    parser.add_argument(
-        "--repetition-penalty", type=float, default=1.0, help="penalty for repeated tokens (1.0: none)"
     )
     parser.add_argument("--batch-size", type=int, default=4, help="prompts generated together")
     parser.add_argument("--output-file", type=str, default=None, help="also write the answers here as JSON lines")

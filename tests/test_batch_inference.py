@@ -82,10 +82,14 @@ def test_rows_get_the_tokens_they_get_alone(batch_inference, loaded):
     assert alone[0].text == tokenizer.decode(alone[0].token_ids, skip_special_tokens=True).strip()
 
 
-def test_left_pad_builds_the_attention_mask(batch_inference):
-    input_ids, attention_mask = batch_inference.left_pad([torch.tensor([5, -200, 6]), torch.tensor([7])], pad_id=0)
+def test_pad_token_ids_builds_the_attention_mask():
+    from bunny.util.mm_utils import pad_token_ids
+
+    input_ids, attention_mask = pad_token_ids([torch.tensor([5, -200, 6]), torch.tensor([7])], pad_id=0)
     assert input_ids.tolist() == [[5, -200, 6], [0, 0, 7]]
     assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    input_ids, attention_mask = pad_token_ids([torch.tensor([5, 6]), torch.tensor([7])], pad_id=9, side="right")
+    assert input_ids.tolist() == [[5, 6], [7, 9]] and attention_mask.tolist() == [[1, 1], [1, 0]]
 
 
 def test_pair_up(batch_inference):

@@ -116,7 +116,7 @@ def test_greedy_generation(reference, use_cache):
 
 
 def test_generation_scores(reference):
-    golden, tensors, model = reference["golden"], reference["tensors"], reference["model"]
+    tensors, model = reference["tensors"], reference["model"]
     out = model.generate(
         _prompt_ids(reference), images=tensors["pixel_values"], do_sample=False, max_new_tokens=8,
         min_new_tokens=8, output_scores=True, return_dict_in_generate=True,

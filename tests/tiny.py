@@ -18,6 +18,7 @@ from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.siglip import SiglipImageProcessorPil
 
 from bunny.model import get_backbone
+from bunny.util.mm_utils import pad_token_ids
 
 VOCAB = 96
 HIDDEN = 32
@@ -177,20 +178,8 @@ def random_pixels(count: int, seed: int, size: int = IMAGE_SIZE) -> torch.Tensor
 
 
 def left_pad(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = r
-        mask[i, width - len(r) :] = 1
-    return ids, mask
+    return pad_token_ids(rows, pad_id, side="left")
 
 
 def right_pad(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return ids, mask
+    return pad_token_ids(rows, pad_id, side="right")

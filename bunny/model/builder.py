@@ -142,6 +142,10 @@ def context_length(config: Any) -> int:
 
 def setup_tokenizer_for_generation(tokenizer: Any, model: Any, backbone: Backbone) -> None:
     """The special-token fixes the original applied at load time."""
+    backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if type(backend).__name__ == "BPE":
+        # transformers 5 ignores this clean-up for BPE (and warns at the first decode); say so up front.
+        tokenizer.clean_up_tokenization_spaces = False
     if backbone.eos_token is not None:
         eos_id = tokenizer.convert_tokens_to_ids(backbone.eos_token)
         if eos_id is None or eos_id == tokenizer.unk_token_id:

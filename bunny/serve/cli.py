@@ -179,12 +179,13 @@ class StopStringStreamer(TextStreamer):
 # ---------------------------------------------------------------- chat
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bunny.serve.cli",
-        description="Chat with a Bunny model about one image; an empty line or end of input ends the chat.",
+def add_model_arguments(
+    parser: argparse.ArgumentParser, max_new_tokens: int = 512, temperature: float = 0.2, model_path_required: bool = False
+) -> None:
+    """The model and generation flags shared by the CLI and script/batch_inference.py."""
+    parser.add_argument(
+        "--model-path", type=str, default=None, required=model_path_required, help="checkpoint directory or hub id"
     )
-    parser.add_argument("--model-path", type=str, default=None, help="checkpoint directory or hub id")
     parser.add_argument(
         "--model-base", type=str, default=None, help="base LLM, for LoRA or projector-only checkpoints"
     )
@@ -195,9 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MODEL_TYPES,
         help="the LLM back-end of the checkpoint; it also picks the conversation template",
     )
-    parser.add_argument(
-        "--image-file", type=str, required=True, help="the image to talk about: a local path or an http(s) URL"
-    )
     parser.add_argument("--device", type=str, default="cuda", help="torch device to run on, e.g. cuda, cuda:1, cpu")
     parser.add_argument(
         "--conv-mode",
@@ -206,11 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(conv_templates),
         help="conversation template; default: the one the model type was trained with",
     )
-    parser.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 decodes greedily")
+    parser.add_argument(
+        "--temperature", type=float, default=temperature, help="sampling temperature; 0 decodes greedily"
+    )
     parser.add_argument(
         "--repetition-penalty", type=float, default=1.0, help="penalty for repeated tokens (1.0: none)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="most tokens generated per reply")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most tokens generated per reply")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bunny.serve.cli",
+        description="Chat with a Bunny model about one image; an empty line or end of input ends the chat.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--image-file", type=str, required=True, help="the image to talk about: a local path or an http(s) URL"
+    )
     parser.add_argument("--load-8bit", action="store_true", help="load the LLM in 8 bit (bitsandbytes)")
     parser.add_argument("--load-4bit", action="store_true", help="load the LLM in 4 bit NF4 (bitsandbytes)")
     parser.add_argument(

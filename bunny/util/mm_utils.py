@@ -129,6 +129,23 @@ def tokenizer_image_token(
     raise ValueError(f"Unsupported tensor type: {return_tensors}")
 
 
+def pad_token_ids(
+    sequences: Sequence[torch.Tensor], pad_id: int, side: str = "left"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D id tensors -> `(input_ids, attention_mask)`, both `[batch, longest]`, padded on `side`
+    (left for generation, so that new tokens follow every prompt directly)."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        span = slice(longest - len(ids), longest) if side == "left" else slice(0, len(ids))
+        input_ids[row, span] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids, attention_mask
+
+
 def get_model_name_from_path(model_path: str) -> str:
     """`.../run/checkpoint-500` -> `run_checkpoint-500`; otherwise the last path component."""
     parts = model_path.strip("/").split("/")
