@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
 
 from bunny.model.projector import build_vision_projector
 from bunny.model.vision_tower import build_vision_tower, vision_tower_type
@@ -70,17 +71,20 @@ def test_invalid_projector_type_is_an_error(bad):
         build_vision_projector(SimpleNamespace(mm_projector_type=bad, mm_hidden_size=4, hidden_size=4))
 
 
-@pytest.mark.parametrize("projector_type", ["linear", "spp_v2", "ldp", "minigpt"])
-def test_models_with_other_projectors_generate(projector_type, siglip_tower, tmp_path):
-    model = build_model("phi-1.5", siglip_tower, projector=projector_type)
+@pytest.mark.parametrize("projector_type", PROJECTORS)
+def test_models_with_every_projector_save_reload_generate(projector_type, siglip_tower, tmp_path):
+    # identity passes tower features through, so the LLM is as wide as the tower there.
+    width = dict(hidden_size=16, num_attention_heads=2) if projector_type == "identity" else {}
+    model = build_model("phi-1.5", siglip_tower, projector=projector_type, **width)
     ids = random_prompt(6, 1, 0)[None]
-    logits = model(ids, images=random_pixels(1, 0)).logits
+    pixels = random_pixels(1, 0)
+    logits = model(ids, images=pixels).logits
     assert logits.shape[1] == 6 - 1 + PROJECTORS[projector_type][0]
     model.save_pretrained(tmp_path)
-    from transformers import AutoModelForCausalLM
-
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
-    torch.testing.assert_close(again(ids, images=random_pixels(1, 0)).logits, logits)
+    torch.testing.assert_close(again(ids, images=pixels).logits, logits)
+    out = again.generate(ids, images=pixels, do_sample=False, max_new_tokens=3, min_new_tokens=3)
+    assert torch.equal(out, model.generate(ids, images=pixels, do_sample=False, max_new_tokens=3, min_new_tokens=3))
 
 
 @pytest.mark.parametrize(
@@ -156,6 +160,11 @@ def test_s2_tower_and_persisted_scales(siglip_tower, tmp_path):
     torch.testing.assert_close(tower(images), s2_oracle(tower, images, [16, 32, 48]), atol=1e-5, rtol=1e-5)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["s2_scales"] == "16,32,48"
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert again.get_vision_tower().s2_scales == [16, 32, 48]
+    ids = random_prompt(8, 1, 2)[None]
+    expected = model.generate(ids, images=images[:1], do_sample=False, max_new_tokens=3, min_new_tokens=3)
+    assert torch.equal(again.generate(ids, images=images[:1], do_sample=False, max_new_tokens=3, min_new_tokens=3), expected)
 
 
 def test_s2_default_scales_are_written_to_the_config(siglip_tower):
