@@ -279,3 +279,57 @@ def test_tower_chosen_by_config_not_by_path(tmp_path):
     tower = save_siglip_tower(tmp_path / "eva-clip-dir")
     model = build_model("phi-2", tower)
     assert type(model.get_vision_tower()).__name__ == "SiglipVisionTower"
+
+
+@pytest.mark.parametrize("model_type", ["phi-2", "llama3-8b"])
+def test_static_cache_generation(model_type, siglip_tower):
+    """A static KV cache (what compiled decoding needs) is sized for the spliced prompt and gives the
+    dynamic cache's tokens, batched too."""
+    model = build_model(model_type, siglip_tower)
+    rows, pixels, _ = _mixed_batch()
+    ids, mask = left_pad(rows)
+    dynamic = greedy(model, ids, pixels, attention_mask=mask)
+    static = model.generate(
+        ids, images=pixels, attention_mask=mask, do_sample=False, max_new_tokens=6, min_new_tokens=6,
+        cache_implementation="static",
+    )[:, ids.shape[1] :]
+    assert torch.equal(static, dynamic)
+
+
+def test_phi_gelu_runs_as_one_kernel(siglip_tower):
+    from transformers.activations import GELUTanh
+
+    model = build_model("phi-2", siglip_tower)
+    assert isinstance(model.model.layers[0].mlp.activation_fn, GELUTanh)
+    x = torch.linspace(-6, 6, 1001)
+    from transformers.activations import NewGELUActivation
+
+    torch.testing.assert_close(GELUTanh()(x), NewGELUActivation()(x), atol=1e-6, rtol=0)
+
+
+def test_block_growing_cache_matches_the_dynamic_cache(siglip_tower):
+    """generate's default cache gives transformers' DynamicCache results, with beams (which reorder
+    and repeat the cache) too."""
+    from transformers import DynamicCache
+
+    from bunny.model.kv_cache import BLOCK, BlockGrowingLayer
+
+    model = build_model("qwen1.5-1.8b", siglip_tower)
+    rows, pixels, _ = _mixed_batch()
+    ids, mask = left_pad(rows)
+    for options in (dict(do_sample=False), dict(num_beams=3, do_sample=False)):
+        ours = model.generate(ids, images=pixels, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, **options)
+        theirs = model.generate(
+            ids, images=pixels, attention_mask=mask, max_new_tokens=6, min_new_tokens=6,
+            cache=DynamicCache(config=model.config), **options,
+        )
+        assert torch.equal(ours, theirs)
+    # Growth past a block boundary keeps what was written.
+    layer = BlockGrowingLayer()
+    chunks = [torch.randn(2, 3, n, 4) for n in (BLOCK - 1, 1, 1, BLOCK + 5)]
+    for chunk in chunks:
+        keys, values = layer.update(chunk, -chunk)
+    assert torch.equal(keys, torch.cat(chunks, dim=2)) and torch.equal(values, -keys)
+    layer.crop(-3)
+    keys, _ = layer.update(chunks[0][:, :, :2], chunks[0][:, :, :2])
+    assert torch.equal(keys, torch.cat([torch.cat(chunks, dim=2)[:, :, :-3], chunks[0][:, :, :2]], dim=2))
