@@ -181,3 +181,31 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     with atomic_write(target) as f:
         f.write("done\n")
     assert target.read_text() == "done\n"
+
+
+@pytest.fixture()
+def image_server(tmp_path):
+    """A loopback HTTP server for tmp_path."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_load_image_from_url(image_server):
+    root, url = image_server
+    Image.new("RGB", (5, 3), (10, 20, 30)).save(root / "pic.png")
+    (root / "notes.txt").write_text("not an image")
+    image = load_image(f"{url}/pic.png")
+    assert image.size == (5, 3) and image.getpixel((0, 0)) == (10, 20, 30)
+    with pytest.raises(ImageLoadError, match="could not fetch image .*missing.png"):
+        load_image(f"{url}/missing.png")
+    with pytest.raises(ImageLoadError, match="notes.txt is not a readable image"):
+        load_image(f"{url}/notes.txt")
