@@ -18,6 +18,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
 from bunny.model.backbones import Backbone, get_backbone
+from bunny.model.checkpoint_files import load_state_file
 from bunny.model.language_model import VISION_TOWER_PREFIX
 from bunny.util.mm_utils import get_model_name_from_path
 
@@ -38,15 +39,6 @@ def _local_or_hub_file(path: str, filename: str) -> str | None:
         return hf_hub_download(repo_id=path, filename=filename)
     except EntryNotFoundError:
         return None
-
-
-def load_state_file(path: str) -> dict[str, torch.Tensor]:
-    """A tensor file we or the original wrote: safetensors, or a legacy torch pickle read with weights_only."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def is_lora_checkpoint(model_path: str, model_name: str) -> bool:
@@ -208,8 +200,7 @@ def load_pretrained_model(
     image_processor = None
     tower = model.get_vision_tower()
     if tower is not None:
-        tuned_tower = getattr(model.config, "unfreeze_vision_tower", False) or model._tower_weights_in_checkpoint
-        if tuned_tower and not lora:
+        if model.tower_weights_in_checkpoint and not lora:
             # The checkpoint carries the tuned tower; its absence is an error, not a silent fallback.
             model.load_vision_tower(model_path, strict=True)
         else:

@@ -9,10 +9,8 @@ and the `model_type` strings the original wrote into checkpoints.
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
-import os
 from typing import Any
 
 import torch
@@ -36,6 +34,7 @@ from transformers import (
 from transformers.activations import GELUTanh, NewGELUActivation
 
 from bunny.constants import IMAGE_TOKEN_INDEX
+from bunny.model.checkpoint_files import read_checkpoint_tensors
 from bunny.model.kv_cache import BLOCK, BlockGrowingCache
 from bunny.model.merge import MergedInputs, merge_image_features
 from bunny.model.projector import build_vision_projector
@@ -170,7 +169,7 @@ class BunnyMixin:
         if getattr(self.lm_head, "bias", None) is not None:
             # Bunny's lm_head never has a bias (phi's upstream head does; it is dropped).
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self._tower_weights_in_checkpoint = bool(getattr(config, "continuous_training", False))
+        self._continuous_training = bool(getattr(config, "continuous_training", False))
         if hasattr(config, "continuous_training"):
             config.continuous_training = False  # applies once; a re-saved config says false
         if getattr(config, "mm_vision_tower", None):
@@ -197,9 +196,14 @@ class BunnyMixin:
         tower weights when `unfreeze_vision_tower` or `continuous_training` is set)."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if load_vision_tower and model.get_vision_tower() is not None:
-            from_checkpoint = model._tower_weights_in_checkpoint or getattr(model.config, "unfreeze_vision_tower", False)
-            model.load_vision_tower(pretrained_model_name_or_path if from_checkpoint else None)
+            model.load_vision_tower(pretrained_model_name_or_path if model.tower_weights_in_checkpoint else None)
         return model
+
+    @property
+    def tower_weights_in_checkpoint(self) -> bool:
+        """Whether the tower's weights come from the checkpoint rather than `mm_vision_tower`: it was
+        trained (`unfreeze_vision_tower`), or the user marked a merged model for `continuous_training`."""
+        return self._continuous_training or bool(getattr(self.config, "unfreeze_vision_tower", False))
 
     def load_vision_tower(self, checkpoint: str | None = None, strict: bool = False) -> None:
         """Load the tower from `mm_vision_tower`, put it on the LLM's device and dtype, then apply
@@ -396,32 +400,6 @@ class BunnyMixin:
                 # spliced prompt needs its own, which the model builds from the 2-D mask.
                 model_inputs["attention_mask"] = attention_mask
         return model_inputs
-
-
-def read_checkpoint_tensors(checkpoint: str, prefix: str) -> dict[str, torch.Tensor]:
-    """Tensors whose names start with `prefix` from a checkpoint directory or hub id
-    (`*.safetensors`, or legacy `*.bin` read with `weights_only=True`)."""
-    from safetensors import safe_open
-
-    directory = checkpoint
-    if not os.path.isdir(directory):
-        from huggingface_hub import snapshot_download
-
-        directory = snapshot_download(checkpoint, allow_patterns=["*.safetensors", "*.bin"])
-    state: dict[str, torch.Tensor] = {}
-    files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
-    for path in files:
-        with safe_open(path, framework="pt") as f:
-            for key in f.keys():
-                if key.startswith(prefix):
-                    state[key] = f.get_tensor(key)
-    if not files:
-        for path in sorted(glob.glob(os.path.join(directory, "*.bin"))):
-            if os.path.basename(path) == "training_args.bin":
-                continue
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-            state.update({k: v for k, v in loaded.items() if k.startswith(prefix)})
-    return state
 
 
 class BunnyPhiForCausalLM(BunnyMixin, PhiForCausalLM):

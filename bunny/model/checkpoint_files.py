@@ -1,0 +1,40 @@
+"""Reading tensor files that Bunny (ours or the original) wrote: safetensors, or legacy torch
+pickles, which are only ever loaded with `weights_only=True`."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+
+def load_state_file(path: str) -> dict[str, torch.Tensor]:
+    """One tensor file: `*.safetensors`, or a legacy `*.bin` torch pickle."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint_tensors(checkpoint: str, prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors whose names start with `prefix` from a checkpoint directory or hub id: its
+    `*.safetensors` files (read key by key), else its legacy `*.bin` files."""
+    from safetensors import safe_open
+
+    directory = checkpoint
+    if not os.path.isdir(directory):
+        from huggingface_hub import snapshot_download
+
+        directory = snapshot_download(checkpoint, allow_patterns=["*.safetensors", "*.bin"])
+    state: dict[str, torch.Tensor] = {}
+    files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            state.update({key: f.get_tensor(key) for key in f.keys() if key.startswith(prefix)})
+    if not files:
+        for path in sorted(glob.glob(os.path.join(directory, "*.bin"))):
+            if os.path.basename(path) != "training_args.bin":
+                state.update({k: v for k, v in load_state_file(path).items() if k.startswith(prefix)})
+    return state
