@@ -1,0 +1,1 @@
+"""Training data: preprocessing, dataset, collator and samplers."""
