@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import torch
@@ -56,6 +57,19 @@ def _normalise_non_lora_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return state
 
 
+MULTIMODAL_KEYWORDS = ("mm_projector", "vision_tower", "vision_resampler")
+
+
+def exclude_multimodal_modules(target_modules: list[str] | set[str] | str) -> list[str] | str:
+    """PEFT matches a list of names by suffix anywhere in the model, so `q_proj`/`fc1` would also
+    hit the vision tower; as a regex, the same names restricted to modules outside tower/projector."""
+    if isinstance(target_modules, str):
+        return target_modules
+    excluded = "|".join(MULTIMODAL_KEYWORDS)
+    names = "|".join(re.escape(name) for name in sorted(target_modules))
+    return rf"^(?!.*({excluded}))(.*\.)?({names})$"
+
+
 # Kept in full precision: the small projector and tower cost little and quantising them costs accuracy.
 NOT_QUANTISED = ["model.mm_projector", "model.vision_tower", "lm_head"]
 
@@ -95,7 +109,18 @@ def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs
         raise ValueError(f"{trainables} has weights this model does not have: {unknown[:5]}")
     model.load_state_dict(state, strict=False)
     logger.info("merging LoRA weights from %s", model_path)
-    model = PeftModel.from_pretrained(model, model_path)
+    from peft import PeftConfig
+
+    adapter_config = PeftConfig.from_pretrained(model_path)
+    adapter_file = _local_or_hub_file(model_path, "adapter_model.safetensors") or _local_or_hub_file(
+        model_path, "adapter_model.bin"
+    )
+    adapter_keys = load_state_file(adapter_file) if adapter_file else {}
+    if not any(keyword in key for key in adapter_keys for keyword in MULTIMODAL_KEYWORDS):
+        # Names like q_proj/fc1 also occur in the tower, which must not get empty adapters; keep
+        # them only where the run adapted the tower too (LoRA applied to a model that had one).
+        adapter_config.target_modules = exclude_multimodal_modules(adapter_config.target_modules)
+    model = PeftModel.from_pretrained(model, model_path, config=adapter_config)
     return model.merge_and_unload()
 
 

@@ -1,0 +1,164 @@
+"""`BunnyTrainer`: transformers' Trainer plus Bunny's sampler, parameter groups and save layouts.
+
+What it changes, and why:
+- the modality-grouped sampler (`--group_by_modality_length`), seeded per epoch so that a resumed
+  run replays the same data order;
+- a separate learning rate for the projector and an unfrozen tower (`--mm_projector_lr`);
+- pretraining checkpoints keep the original's `config.json` + `mm_projector.bin` and also the
+  optimiser, scheduler and RNG state, so pretraining resumes like every other stage (the
+  original's could not);
+- every LoRA `checkpoint-N` also holds `config.json` and `non_lora_trainables.bin`, so it loads
+  with `load_pretrained_model` and resumes with its projector (the original's held adapters only);
+- samples trained without a single supervised label are counted and reported at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from bunny.constants import IGNORE_INDEX
+from bunny.data.samplers import LengthGroupedSampler
+from bunny.model.checkpoint_files import load_state_file
+from bunny.train.trainable import is_projector, non_lora_trainables, projector_state, save_bin
+
+logger = logging.getLogger(__name__)
+
+PROJECTOR_FILE = "mm_projector.bin"
+NON_LORA_FILE = "non_lora_trainables.bin"
+
+
+def is_peft_model(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+class BunnyTrainer(Trainer):
+    def __init__(self, *args: Any, tune_mm_mlp_adapter: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tune_mm_mlp_adapter = tune_mm_mlp_adapter
+        self.unsupervised_samples = 0
+
+    # -- data ------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.args.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size,
+            world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+            lengths=dataset.modality_lengths,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            group_by_modality=True,
+        )
+
+    def compute_loss(self, model, inputs, *args: Any, **kwargs: Any):
+        labels = inputs.get("labels")
+        if labels is not None and model.training:
+            self.unsupervised_samples += int(((labels != IGNORE_INDEX).sum(dim=1) == 0).sum())
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any):
+        output = super().train(*args, **kwargs)
+        count = torch.tensor(self.unsupervised_samples, device=self.args.device)
+        count = int(self.accelerator.reduce(count, reduction="sum")) if self.args.world_size > 1 else int(count)
+        if count and self.args.should_log:
+            logger.warning(
+                "%d training sample(s) had no supervised token (tokenization mismatch masked, or truncated "
+                "by --model_max_length) and contributed no loss", count,
+            )
+        return output
+
+    # -- optimiser -------------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.args.mm_projector_lr is None:
+            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+
+        def group(projector: bool, decayed: bool) -> dict[str, Any]:
+            # An unfrozen tower learns at the projector's rate, as in the original.
+            params = [p for n, p in named if (is_projector(n) or "vision_tower" in n) == projector and (n in decay) == decayed]
+            result: dict[str, Any] = {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
+            if projector:
+                result["lr"] = self.args.mm_projector_lr
+            return result
+
+        groups = [group(False, True), group(False, False), group(True, True), group(True, False)]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        if optimizer_cls.__name__ == "Adam8bit":
+            import bitsandbytes
+
+            manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+            for module in opt_model.modules():
+                if isinstance(module, torch.nn.Embedding):
+                    manager.register_module_override(module, "weight", {"optim_bits": 32})
+        return self.optimizer
+
+    # -- saving ----------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if is_peft_model(self.model):
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.save_lora_extras(folder)
+
+    def save_lora_extras(self, output_dir: str) -> None:
+        """`config.json` and `non_lora_trainables.bin` beside the adapter (all ranks join the gather)."""
+        state = non_lora_trainables(self.model)
+        if self.args.should_save:
+            self.model.config.save_pretrained(output_dir)
+            save_bin(state, os.path.join(output_dir, NON_LORA_FILE))
+
+    def save_projector(self, output_dir: str) -> None:
+        """`config.json` + `mm_projector.bin` (pretraining's artifacts; all ranks join the gather)."""
+        state = projector_state(self.model)
+        if self.args.should_save:
+            self.model.config.save_pretrained(output_dir)
+            save_bin(state, os.path.join(output_dir, PROJECTOR_FILE))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.tune_mm_mlp_adapter:
+            # Pretraining writes the projector only, checkpoints included.
+            self.save_projector(output_dir or self.args.output_dir)
+            return
+        super()._save(output_dir, state_dict)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self.tune_mm_mlp_adapter and not self.is_deepspeed_enabled:
+            self._save(output_dir)
+            return
+        if self.tune_mm_mlp_adapter:
+            # Under DeepSpeed the parent gathers a full state dict first; the projector is all we need.
+            self.save_projector(output_dir or self.args.output_dir)
+            return
+        super().save_model(output_dir, _internal_call)
+
+    # -- resuming --------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        projector_file = os.path.join(resume_from_checkpoint, PROJECTOR_FILE)
+        if self.tune_mm_mlp_adapter and os.path.exists(projector_file):
+            self._load_projector(load_state_file(projector_file))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        non_lora_file = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
+        if is_peft_model(self.model) and os.path.exists(non_lora_file):
+            state = load_state_file(non_lora_file)
+            missing = [k for k in state if k not in dict(self.model.named_parameters())]
+            if missing:
+                raise ValueError(f"{non_lora_file} has weights this model does not have: {missing[:5]}")
+            self.model.load_state_dict(state, strict=False)
+
+    def _load_projector(self, state: dict[str, torch.Tensor]) -> None:
+        base = self.model.get_base_model() if is_peft_model(self.model) else self.model
+        own = dict(base.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                if name not in own:
+                    raise ValueError(f"checkpoint projector weight {name} does not match this model's projector")
+                own[name].copy_(value)
