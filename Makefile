@@ -24,6 +24,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/inference.py
 	$(PY) bench/inference.py --dtype bfloat16
+	$(PY) bench/train.py
+	$(PY) bench/train.py --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) build *.egg-info

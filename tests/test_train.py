@@ -304,3 +304,14 @@ def test_deepspeed_two_processes(world, pretrained, tmp_path, zero, lora):
         saved = state_of(output / "model.safetensors")
         assert "model.mm_projector.0.weight" in saved and any(k.startswith("model.vision_tower.vision_tower.") for k in saved)
         first_logits(output)
+
+
+def test_qlora_four_bit(world, pretrained, tmp_path):
+    output = tmp_path / "bunny-qlora-phi-2"
+    train(finetune_args(world, output, pretrained / "mm_projector.bin", *LORA, "--bits", "4", "--save_strategy", "no", steps=2))
+    assert {"adapter_config.json", "adapter_model.safetensors", "non_lora_trainables.bin"} <= set(os.listdir(output))
+    assert losses(output)
+    logits, _ = first_logits(output, world / "llm")
+    assert torch.isfinite(logits).all()
+    # The run's quantisation is recorded but not imposed on whoever loads the adapter.
+    assert "quantization_config" in json.loads((output / "config.json").read_text())

@@ -94,6 +94,10 @@ def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs
     from peft import PeftModel
 
     config = AutoConfig.from_pretrained(model_path)
+    if hasattr(config, "quantization_config"):
+        # A QLoRA run records how its base was quantised for training; loading quantises only on
+        # request (load_8bit/load_4bit), and the merge needs full-precision weights.
+        del config.quantization_config
     model = backbone.model_class.from_pretrained(model_base, config=config, load_vision_tower=False, **load_kwargs)
     if model.get_vision_tower() is not None:
         model.load_vision_tower()  # before the trainables, which may hold tuned tower weights
