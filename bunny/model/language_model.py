@@ -53,8 +53,8 @@ VISION_TOWER_PREFIX = "model.vision_tower."
 
 
 class BunnyConfigMixin:
-    """Writes the pre-5.x rope fields next to `rope_parameters` (and `torch_dtype` next to `dtype`),
-    so that Bunny installs on transformers 4.x read our checkpoints as we do."""
+    """Writes the pre-5.x rope fields next to `rope_parameters`, so that Bunny installs on
+    transformers 4.x (which ignore `rope_parameters`) read our checkpoints with the right rope."""
 
     _legacy_partial_rotary_factor = False
 
@@ -72,8 +72,6 @@ class BunnyConfigMixin:
             else:
                 scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
                 output["rope_scaling"] = {**scaling, "type": rope_type}
-        if output.get("dtype") is not None and output.get("torch_dtype") is None:
-            output["torch_dtype"] = output["dtype"]  # the 4.x name of the field
         return output
 
 
