@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -260,7 +261,9 @@ def test_shipped_script_flags_parse(script, tmp_path, monkeypatch):
     commands = script_commands(script)
     assert commands, f"no train.py command found in {script}"
     for argv in commands:
-        argv = [a for a in argv if a != "--deepspeed" and not a.endswith(".json") or a.startswith("./data")]
+        deepspeed_config = argv.index("--deepspeed")
+        assert argv[deepspeed_config + 1].startswith("./script/deepspeed/zero")
+        del argv[deepspeed_config : deepspeed_config + 2]  # parsed on its own it would set up DeepSpeed
         model_args, data_args, args = parse_args(argv + ["--use_cpu", "True"])
         assert model_args.model_type == "phi-2" and args.bf16 and args.gradient_checkpointing
         assert args.eval_strategy == "no" and args.model_max_length == 2048 and args.warmup_steps == 0.03
@@ -291,8 +294,11 @@ def test_deepspeed_two_processes(world, pretrained, tmp_path, zero, lora):
     argv = finetune_args(world, output, pretrained / "mm_projector.bin", *extra, steps=2)
     argv += ["--deepspeed", str(REPO / "script" / "deepspeed" / f"{zero}.json")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with socket.socket() as probe:  # a free rendezvous port: the default one may still be held by the last run
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     result = subprocess.run(
-        [deepspeed, "--num_gpus", "2", str(REPO / "bunny" / "train" / "train.py"), *argv],
+        [deepspeed, "--num_gpus", "2", "--master_port", str(port), str(REPO / "bunny" / "train" / "train.py"), *argv],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

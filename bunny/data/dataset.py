@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from bunny.constants import IGNORE_INDEX
 from bunny.conversation import Conversation
 from bunny.data.preprocess import DataFormatError, check_conversations, move_image_to_front, tokenize_sample
-from bunny.util.mm_utils import ImageLoadError, expand2square, load_image
+from bunny.util.mm_utils import ImageLoadError, load_image, process_images
 
 logger = logging.getLogger(__name__)
 
@@ -95,18 +95,15 @@ class LazySupervisedDataset(Dataset):
         return f"{self.data_path}: sample {i}" + _id_suffix(self.samples[i])
 
     def load_image(self, i: int) -> torch.Tensor:
-        """The sample's image as the tower's pixel values `[3, H, W]`."""
+        """The sample's image as the tower's pixel values `[3, H, W]` (`image_aspect_ratio` as at inference)."""
         path = os.path.join(self.image_folder or "", self.samples[i]["image"])
         try:
             image = load_image(path)
         except ImageLoadError as err:
             raise ImageLoadError(f"{self.where(i)}: {err}") from None
-        processor = self.image_processor
-        if processor is None:
+        if self.image_processor is None:
             raise ValueError(f"{self.where(i)} has an image but the data set was given no image processor")
-        if self.image_aspect_ratio == "pad":
-            image = expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
-        return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+        return process_images([image], self.image_processor, self)[0]
 
     def zero_image(self) -> torch.Tensor:
         """The image slot of a text-only sample in a multimodal batch."""

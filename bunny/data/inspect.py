@@ -23,6 +23,7 @@ from bunny.data.dataset import LazySupervisedDataset
 from bunny.data.preprocess import MISMATCH_MODES, TokenizationMismatchError, TokenizedSample, training_template
 from bunny.data.tokenizer import load_training_tokenizer
 from bunny.model.backbones import MODEL_TYPES
+from bunny.model.builder import disable_bpe_cleanup
 from bunny.util.mm_utils import ImageLoadError
 
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -71,6 +72,7 @@ def render(sample: TokenizedSample, tokenizer: Any, colour: bool) -> str:
 def inspect(args: argparse.Namespace, out: TextIO) -> int:
     """Writes the report to `out`; returns the number of samples training would reject."""
     tokenizer = load_training_tokenizer(args.model_name_or_path, args.model_type, args.model_max_length)
+    disable_bpe_cleanup(tokenizer)  # the report decodes token by token
     processor, image_tokens = _image_processor(args.vision_tower)
     dataset = LazySupervisedDataset(
         args.data_path,

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
 from bunny.model.backbones import Backbone, get_backbone
-from bunny.model.checkpoint_files import load_state_file
+from bunny.model.checkpoint_files import load_projector_weights, load_state_file, tensor_names
 from bunny.model.language_model import VISION_TOWER_PREFIX
 from bunny.util.mm_utils import get_model_name_from_path
 
@@ -119,7 +119,7 @@ def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs
     adapter_file = _local_or_hub_file(model_path, "adapter_model.safetensors") or _local_or_hub_file(
         model_path, "adapter_model.bin"
     )
-    adapter_keys = load_state_file(adapter_file) if adapter_file else {}
+    adapter_keys = tensor_names(adapter_file) if adapter_file else []
     if not any(keyword in key for key in adapter_keys for keyword in MULTIMODAL_KEYWORDS):
         # Names like q_proj/fc1 also occur in the tower, which must not get empty adapters; keep
         # them only where the run adapted the tower too (LoRA applied to a model that had one).
@@ -143,10 +143,7 @@ def _load_projector_only(model_path: str, model_base: str, backbone: Backbone, l
             f"(adapter_config.json) nor a projector (mm_projector.bin); to load a full checkpoint, drop --model-base"
         )
     model = backbone.model_class.from_pretrained(model_base, config=config, load_vision_tower=False, **load_kwargs)
-    weights = load_state_file(projector_file)
-    projector = model.get_model().mm_projector
-    dtype = next(projector.parameters()).dtype
-    projector.load_state_dict({k.split("mm_projector.", 1)[1]: v.to(dtype) for k, v in weights.items() if "mm_projector." in k})
+    load_projector_weights(model.get_model().mm_projector, projector_file)
     return model
 
 
@@ -161,12 +158,16 @@ def context_length(config: Any) -> int:
     return 2048
 
 
-def setup_tokenizer_for_generation(tokenizer: Any, model: Any, backbone: Backbone) -> None:
-    """The special-token fixes the original applied at load time."""
+def disable_bpe_cleanup(tokenizer: Any) -> None:
+    """transformers 5 ignores `clean_up_tokenization_spaces` for BPE and warns at the first decode; say so up front."""
     backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
     if type(backend).__name__ == "BPE":
-        # transformers 5 ignores this clean-up for BPE (and warns at the first decode); say so up front.
         tokenizer.clean_up_tokenization_spaces = False
+
+
+def setup_tokenizer_for_generation(tokenizer: Any, model: Any, backbone: Backbone) -> None:
+    """The special-token fixes the original applied at load time."""
+    disable_bpe_cleanup(tokenizer)
     if backbone.eos_token is not None:
         eos_id = tokenizer.convert_tokens_to_ids(backbone.eos_token)
         if eos_id is None or eos_id == tokenizer.unk_token_id:

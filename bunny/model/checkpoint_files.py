@@ -18,6 +18,26 @@ def load_state_file(path: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def tensor_names(path: str) -> list[str]:
+    """The tensor names in one file, without reading a safetensors file's data."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            return list(f.keys())
+    return list(load_state_file(path))
+
+
+def load_projector_weights(projector: torch.nn.Module, path: str) -> None:
+    """Load an `mm_projector.bin` (keys `model.mm_projector.*`, any prefix before `mm_projector.`)
+    into `projector`, every weight required, cast to the projector's dtype."""
+    weights = {k.split("mm_projector.", 1)[1]: v for k, v in load_state_file(path).items() if "mm_projector." in k}
+    if not weights:
+        raise ValueError(f"{path} holds no mm_projector weights")
+    dtype = next(projector.parameters()).dtype
+    projector.load_state_dict({k: v.to(dtype) for k, v in weights.items()})
+
+
 def read_checkpoint_tensors(checkpoint: str, prefix: str) -> dict[str, torch.Tensor]:
     """Tensors whose names start with `prefix` from a checkpoint directory or hub id: its
     `*.safetensors` files (read key by key), else its legacy `*.bin` files."""

@@ -31,7 +31,7 @@ from bunny.data.preprocess import training_template
 from bunny.data.tokenizer import load_training_tokenizer
 from bunny.model.backbones import Backbone, get_backbone
 from bunny.model.builder import NOT_QUANTISED
-from bunny.model.checkpoint_files import load_state_file
+from bunny.model.checkpoint_files import load_projector_weights
 from bunny.model.projector import build_vision_projector
 from bunny.model.vision_tower import build_vision_tower
 from bunny.train.args import DataArguments, ModelArguments, TrainingArguments, parse_args
@@ -110,11 +110,7 @@ def initialize_vision_modules(model: nn.Module, model_args: ModelArguments, args
         model.get_model().mm_projector = build_vision_projector(config).to(device=embed.device)
     model.get_model().mm_projector.requires_grad_(True)
     if model_args.pretrain_mm_mlp_adapter:
-        weights = load_state_file(model_args.pretrain_mm_mlp_adapter)
-        projector_weights = {k.split("mm_projector.", 1)[1]: v for k, v in weights.items() if "mm_projector." in k}
-        if not projector_weights:
-            raise ValueError(f"{model_args.pretrain_mm_mlp_adapter} holds no mm_projector weights")
-        model.get_model().mm_projector.load_state_dict(projector_weights)
+        load_projector_weights(model.get_model().mm_projector, model_args.pretrain_mm_mlp_adapter)
     # A trained tower keeps float32 weights for its optimiser; a frozen one runs in the compute dtype.
     tower_dtype = torch.float32 if model_args.unfreeze_vision_tower else compute_dtype(args)
     tower.to(device=embed.device, dtype=tower_dtype)

@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from bunny.constants import IGNORE_INDEX
 from bunny.data.samplers import LengthGroupedSampler
-from bunny.model.checkpoint_files import load_state_file
+from bunny.model.checkpoint_files import load_projector_weights, load_state_file
 from bunny.train.trainable import is_projector, non_lora_trainables, projector_state, save_bin
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class BunnyTrainer(Trainer):
     def __init__(self, *args: Any, tune_mm_mlp_adapter: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tune_mm_mlp_adapter = tune_mm_mlp_adapter
-        self.unsupervised_samples = 0
+        # Kept on the device: reading it back every step would stall the GPU.
+        self.unsupervised_samples: torch.Tensor | int = 0
 
     # -- data ------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -59,12 +60,12 @@ class BunnyTrainer(Trainer):
     def compute_loss(self, model, inputs, *args: Any, **kwargs: Any):
         labels = inputs.get("labels")
         if labels is not None and model.training:
-            self.unsupervised_samples += int(((labels != IGNORE_INDEX).sum(dim=1) == 0).sum())
+            self.unsupervised_samples = self.unsupervised_samples + ((labels != IGNORE_INDEX).sum(dim=1) == 0).sum()
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def train(self, *args: Any, **kwargs: Any):
         output = super().train(*args, **kwargs)
-        count = torch.tensor(self.unsupervised_samples, device=self.args.device)
+        count = torch.as_tensor(self.unsupervised_samples, device=self.args.device)
         count = int(self.accelerator.reduce(count, reduction="sum")) if self.args.world_size > 1 else int(count)
         if count and self.args.should_log:
             logger.warning(
@@ -76,7 +77,7 @@ class BunnyTrainer(Trainer):
     # -- optimiser -------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
         if self.optimizer is not None or self.args.mm_projector_lr is None:
-            return super().create_optimizer(model) if model is not None else super().create_optimizer()
+            return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
         named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
@@ -130,11 +131,8 @@ class BunnyTrainer(Trainer):
         super()._save(output_dir, state_dict)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        if self.tune_mm_mlp_adapter and not self.is_deepspeed_enabled:
-            self._save(output_dir)
-            return
         if self.tune_mm_mlp_adapter:
-            # Under DeepSpeed the parent gathers a full state dict first; the projector is all we need.
+            # The parent would gather the whole model first (under DeepSpeed); the projector is all we need.
             self.save_projector(output_dir or self.args.output_dir)
             return
         super().save_model(output_dir, _internal_call)
@@ -143,7 +141,8 @@ class BunnyTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         projector_file = os.path.join(resume_from_checkpoint, PROJECTOR_FILE)
         if self.tune_mm_mlp_adapter and os.path.exists(projector_file):
-            self._load_projector(load_state_file(projector_file))
+            base = self.model.get_base_model() if is_peft_model(self.model) else self.model
+            load_projector_weights(base.get_model().mm_projector, projector_file)
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         non_lora_file = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
@@ -153,12 +152,3 @@ class BunnyTrainer(Trainer):
             if missing:
                 raise ValueError(f"{non_lora_file} has weights this model does not have: {missing[:5]}")
             self.model.load_state_dict(state, strict=False)
-
-    def _load_projector(self, state: dict[str, torch.Tensor]) -> None:
-        base = self.model.get_base_model() if is_peft_model(self.model) else self.model
-        own = dict(base.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                if name not in own:
-                    raise ValueError(f"checkpoint projector weight {name} does not match this model's projector")
-                own[name].copy_(value)
