@@ -22,32 +22,13 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from bunny.constants import IMAGE_TOKEN_INDEX
-from bunny.conversation import get_conv_template
 from bunny.model.builder import load_pretrained_model
-from bunny.serve.cli import (
-    add_model_arguments,
-    clean_reply,
-    device_problem,
-    image_prompt,
-    model_path_problem,
-    resolve_conv_mode,
-    sampling_kwargs,
-    to_model_inputs,
-)
-from bunny.util.mm_utils import (
-    ImageLoadError,
-    KeywordsStoppingCriteria,
-    get_model_name_from_path,
-    load_image,
-    pad_token_ids,
-    process_images,
-    tokenizer_image_token,
-)
+from bunny.serve.cli import add_model_arguments, device_problem, model_path_problem
+from bunny.serve.generation import answer_batch, resolve_conv_mode
+from bunny.util.mm_utils import ImageLoadError, get_model_name_from_path, load_image
 from bunny.util.utils import atomic_write, disable_torch_init
 
 DEFAULT_PROMPT = "What is shown in this picture?"
@@ -74,60 +55,6 @@ def pair_up(image_files: Sequence[str], questions: Sequence[str]) -> list[tuple[
     )
 
 
-def _strip_trailing(ids: list[int], pad_id: int | None) -> list[int]:
-    end = len(ids)
-    while pad_id is not None and end > 0 and ids[end - 1] == pad_id:
-        end -= 1
-    return ids[:end]
-
-
-def answer_batch(
-    pairs: Sequence[tuple[str, str]],
-    images: dict[str, Image.Image],
-    tokenizer: Any,
-    model: Any,
-    image_processor: Any,
-    conv_mode: str,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    repetition_penalty: float = 1.0,
-) -> list[Answer]:
-    """Generate the answers to one batch of (image file, question) pairs; `images` maps file -> loaded image."""
-    stop_str = get_conv_template(conv_mode).stop_str
-    prompts = [image_prompt(conv_mode, question) for _, question in pairs]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # [B, L] with IMAGE_TOKEN_INDEX in each row where its image goes
-    input_ids, attention_mask = pad_token_ids(
-        [tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt") for prompt in prompts],
-        pad_id,
-        side="left",
-    )
-    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-    # [B, 3, H, W], one image per row
-    pixel_values = to_model_inputs(process_images([images[f] for f, _ in pairs], image_processor, model.config), model)
-    stopping_criteria = [KeywordsStoppingCriteria([stop_str], tokenizer, input_ids)] if stop_str else None
-    with torch.inference_mode():
-        output_ids = model.generate(
-            input_ids,
-            images=pixel_values,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            repetition_penalty=repetition_penalty,
-            use_cache=True,
-            stopping_criteria=stopping_criteria,
-            **sampling_kwargs(temperature),
-        )
-    # generate returns the (padded) prompts followed by the new tokens; rows that finished early
-    # are filled with the generation pad id
-    new_tokens = output_ids[:, input_ids.shape[1] :].tolist()
-    answers = []
-    for (image_file, question), ids in zip(pairs, new_tokens):
-        ids = _strip_trailing(ids, model.generation_config.pad_token_id)
-        text = clean_reply(tokenizer.decode(ids, skip_special_tokens=True), stop_str)
-        answers.append(Answer(image_file, question, text, ids))
-    return answers
-
-
 def answer_all(
     pairs: Sequence[tuple[str, str]],
     images: dict[str, Image.Image],
@@ -141,7 +68,16 @@ def answer_all(
     batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     answers: list[Answer] = []
     for batch in tqdm(batches, desc="batches", disable=len(batches) <= 1):
-        answers += answer_batch(batch, images, tokenizer, model, image_processor, conv_mode, **generate_kwargs)
+        replies = answer_batch(
+            [question for _, question in batch],
+            [images[image_file] for image_file, _ in batch],
+            tokenizer,
+            model,
+            image_processor,
+            conv_mode,
+            **generate_kwargs,
+        )
+        answers += [Answer(f, q, reply.text, reply.token_ids) for (f, q), reply in zip(batch, replies)]
     return answers
 
 

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from bunny.conversation import get_conv_template
 from bunny.model.backbones import BACKBONES
-from bunny.serve import cli
+from bunny.serve import cli, generation
 from tiny import FIXTURES
 
 QUESTION = "What is shown in this picture?"
@@ -102,25 +102,25 @@ def test_llama3_infers_its_template_and_an_empty_line_ends_the_chat():
 @pytest.mark.parametrize("model_type", sorted(BACKBONES))
 def test_conv_mode_follows_the_model_type(model_type):
     expected = {"phi-3": "phi3", "minicpm": "minicpm", "llama3-8b": "llama"}.get(model_type, "bunny")
-    assert cli.resolve_conv_mode(model_type) == expected
-    assert cli.resolve_conv_mode(model_type, "plain") == "plain"
+    assert generation.resolve_conv_mode(model_type) == expected
+    assert generation.resolve_conv_mode(model_type, "plain") == "plain"
 
 
 def test_prompt_of_one_turn_is_the_golden_prompt():
-    assert cli.image_prompt("llama", QUESTION) == _golden(LLAMA3)["prompt"]
+    assert generation.image_prompt("llama", QUESTION) == _golden(LLAMA3)["prompt"]
     conv = get_conv_template("bunny")
-    cli.add_user_turn(conv, QUESTION)
+    generation.add_user_turn(conv, QUESTION)
     conv.messages[-1][-1] = "A reply."
-    cli.add_user_turn(conv, "Next?")
+    generation.add_user_turn(conv, "Next?")
     assert conv.get_prompt().endswith(
         "USER: <image>\nWhat is shown in this picture? ASSISTANT: A reply.<|endoftext|>USER: Next? ASSISTANT:"
     )
 
 
 def test_clean_reply_cuts_the_stop_string():
-    assert cli.clean_reply(" A cat.<|endoftext|>", "<|endoftext|>") == "A cat."
-    assert cli.clean_reply(" A cat.\nUSER: more", "\n") == "A cat."
-    assert cli.clean_reply(" A cat. ", None) == "A cat."
+    assert generation.clean_reply(" A cat.<|endoftext|>", "<|endoftext|>") == "A cat."
+    assert generation.clean_reply(" A cat.\nUSER: more", "\n") == "A cat."
+    assert generation.clean_reply(" A cat. ", None) == "A cat."
 
 
 def test_streamer_prints_nothing_from_a_plain_text_stop_string(capsys):

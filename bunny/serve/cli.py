@@ -18,8 +18,8 @@ Differences from the original, on purpose:
   not a traceback (and no silent fallback: an 8B model in float32 on CPU is rarely wanted);
 - an image that can't be read stops with a one-line error naming the file, before the model loads.
 
-The prompt-building helpers here (`resolve_conv_mode`, `add_user_turn`, `image_prompt`,
-`clean_reply`) are shared with `script/batch_inference.py`.
+The prompt-building helpers (`resolve_conv_mode`, `add_user_turn`, `image_prompt`, `clean_reply`)
+live in `bunny/serve/generation.py`, shared with batched generation.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from typing import Any, Sequence
 import torch
 from transformers import TextStreamer
 
-from bunny.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from bunny.constants import IMAGE_TOKEN_INDEX
 from bunny.conversation import Conversation, conv_templates, get_conv_template
-from bunny.model.backbones import MODEL_TYPES, get_backbone
+from bunny.model.backbones import MODEL_TYPES
 from bunny.model.builder import load_pretrained_model
 from bunny.util.mm_utils import (
     ImageLoadError,
@@ -46,61 +46,16 @@ from bunny.util.mm_utils import (
     process_images,
     tokenizer_image_token,
 )
+from bunny.serve.generation import (
+    add_user_turn,
+    clean_reply,
+    generation_kwargs,
+    resolve_conv_mode,
+    to_model_inputs,
+)
 from bunny.util.utils import disable_torch_init
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- prompt helpers (shared)
-
-
-def resolve_conv_mode(model_type: str, conv_mode: str | None = None) -> str:
-    """The template to chat with: `conv_mode` if given, else the one `model_type` was trained with."""
-    inferred = get_backbone(model_type).template
-    if conv_mode is None:
-        return inferred
-    if conv_mode != inferred:
-        logger.warning(
-            "the conversation mode inferred from model type %s is %s, while --conv-mode is %s; using %s",
-            model_type,
-            inferred,
-            conv_mode,
-            conv_mode,
-        )
-    return conv_mode
-
-
-def add_user_turn(conv: Conversation, text: str) -> None:
-    """Append a user turn and the empty reply slot; the first turn carries the image, on its own line first."""
-    if not conv.messages:
-        text = DEFAULT_IMAGE_TOKEN + "\n" + text
-    conv.append_message(conv.roles[0], text)
-    conv.append_message(conv.roles[1], None)
-
-
-def image_prompt(conv_mode: str, question: str) -> str:
-    """The generation prompt for one question about one image (a single-turn chat)."""
-    conv = get_conv_template(conv_mode)
-    add_user_turn(conv, question)
-    return conv.get_prompt()
-
-
-def clean_reply(text: str, stop_str: str | None) -> str:
-    """Generated text -> the reply to show and keep: cut at the stop string, surrounding whitespace stripped.
-
-    `text` should be decoded with `skip_special_tokens=True`; the stop string is cut here as well
-    because it is not a special token for every template/tokenizer pair.
-    """
-    if stop_str and stop_str in text:
-        text = text[: text.index(stop_str)]
-    return text.strip()
-
-
-def sampling_kwargs(temperature: float) -> dict[str, Any]:
-    """Greedy at temperature 0; `temperature` is only passed when sampling, so greedy runs raise no warning."""
-    if temperature > 0:
-        return {"do_sample": True, "temperature": temperature}
-    return {"do_sample": False}
 
 
 def device_problem(device: str) -> str | None:
@@ -126,13 +81,6 @@ def model_path_problem(model_path: str) -> str | None:
     if looks_local and not os.path.exists(expanded):
         return f"model path not found: {model_path}"
     return None
-
-
-def to_model_inputs(images: torch.Tensor | list[torch.Tensor], model: Any) -> torch.Tensor | list[torch.Tensor]:
-    """Processed images on the model's device and in its dtype (a list when the shapes differ)."""
-    if isinstance(images, list):
-        return [image.to(model.device, dtype=model.dtype) for image in images]
-    return images.to(model.device, dtype=model.dtype)
 
 
 # ---------------------------------------------------------------- streaming
@@ -267,7 +215,7 @@ def generate_reply(
             use_cache=True,
             streamer=StopStringStreamer(tokenizer, stop_str),
             stopping_criteria=stopping_criteria,
-            **sampling_kwargs(temperature),
+            **generation_kwargs(temperature),
         )
     # generate returns the prompt (image slot as one id) followed by the new tokens
     new_tokens = output_ids[0, input_ids.shape[1] :]
