@@ -1,0 +1,1 @@
+"""Evaluation: answer generators (`python -m bunny.eval.<module>`) that write answer files, and scorers."""
