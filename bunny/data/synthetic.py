@@ -1,0 +1,365 @@
+"""A small, seeded world of coloured shapes in the original's data formats, for the demo and tests.
+
+Run as:
+    python -m bunny.data.synthetic --output-dir data/shapes [--seed 0] [--num-pretrain 3000]
+        [--num-finetune 4000] [--num-eval 400] [--text-only-fraction 0.05]
+
+Each picture has a light background, a random size (96-192 px wide, aspect ratio 0.75-1.5) and one
+to three shapes. A picture is cut into three columns (left, middle, right); every shape is in a
+column of its own, and shapes and colours are never repeated within a picture. Written files:
+
+    images/{pretrain,finetune,eval}/*.png, images/blank.png (a picture with no shape)
+    pretrain.json          captions in the `plain` pretraining format
+    finetune.json          multi-turn conversations (template `bunny`), some of them text-only
+    eval/questions.jsonl   held-out questions in the evaluation question-file format
+    eval/questions_blind.jsonl  the same questions, each about images/blank.png
+    eval/answer_key.jsonl  {"question_id", "answer", "category"} for each question
+    captions.json          {image: caption} for the training pictures (a text stand-in for each picture)
+    text.txt               every text of the data set, one per line (for the stand-in tokenizer)
+
+The question kinds, their phrasings and answers are listed in `QUESTION_KINDS`. Held-out answers are
+balanced: within each kind every answer is equally frequent, so a model that ignores the picture
+scores the kind's chance rate (`chance_accuracy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw
+
+from bunny.util.utils import atomic_write
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (40, 80, 215),
+    "yellow": (230, 195, 25),
+    "purple": (135, 55, 175),
+}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("left", "middle", "right")
+COUNTS = ("1", "2", "3")
+WHERE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
+SHORT_ANSWER = "Answer the question using a single word or phrase."  # the evaluation suffix of VQA files
+BLANK_IMAGE = "blank.png"
+BACKGROUND = (245, 245, 245)
+
+
+@dataclass(frozen=True)
+class Item:
+    shape: str
+    colour: str
+    position: str
+
+
+Scene = tuple[Item, ...]  # left to right
+
+
+@dataclass(frozen=True)
+class QuestionKind:
+    phrasings: tuple[str, ...]  # format fields: {shape}, {colour}
+    answers: tuple[str, ...]  # every possible short answer
+
+
+QUESTION_KINDS: dict[str, QuestionKind] = {
+    "colour": QuestionKind(
+        ("What colour is the {shape}?", "What is the colour of the {shape}?", "Which colour does the {shape} have?"),
+        tuple(COLOURS),
+    ),
+    "count": QuestionKind(
+        ("How many shapes are there?", "How many shapes are in the picture?", "How many shapes can you see?"),
+        COUNTS,
+    ),
+    "presence": QuestionKind(
+        ("Is there a {colour} {shape}?", "Do you see a {colour} {shape}?", "Is there a {colour} {shape} in the picture?"),
+        ("yes", "no"),
+    ),
+    "position": QuestionKind(
+        (
+            "Where is the {shape}?",
+            "Is the {shape} on the left, in the middle or on the right?",
+            "In which part of the picture is the {shape}?",
+        ),
+        POSITIONS,
+    ),
+}
+
+CAPTION_INSTRUCTIONS = (
+    "Describe the picture briefly.",
+    "What is in this picture?",
+    "Give a short caption for the image.",
+)
+
+# Text-only turns: what the shapes world is made of, without a picture.
+TEXT_ONLY = (
+    ("Which colours can a shape have?", "Red, green, blue, yellow or purple."),
+    ("Which shapes are there?", "Circles, squares and triangles."),
+    ("How many corners does a triangle have?", "A triangle has 3 corners."),
+    ("How many corners does a square have?", "A square has 4 corners."),
+    ("How many corners does a circle have?", "A circle has no corners."),
+    ("How many shapes can a picture hold?", "From 1 to 3 shapes, each in a column of its own."),
+)
+
+
+# -- scenes and pictures ---------------------------------------------------------------------------
+def random_scene(rng: random.Random, count: int | None = None) -> Scene:
+    count = count if count is not None else rng.randint(1, 3)
+    shapes = rng.sample(SHAPES, count)
+    colours = rng.sample(list(COLOURS), count)
+    positions = sorted(rng.sample(POSITIONS, count), key=POSITIONS.index)
+    return tuple(Item(s, c, p) for s, c, p in zip(shapes, colours, positions))
+
+
+def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
+    height = rng.randint(96, 144)
+    width = min(192, max(96, int(height * rng.uniform(0.75, 1.5))))
+    background = tuple(v - rng.randint(0, 12) for v in BACKGROUND)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    column = width / 3
+    for item in scene:
+        size = rng.uniform(0.55, 0.8) * min(column, height)
+        # near the middle of its column, so that the column is never in doubt
+        left = POSITIONS.index(item.position) * column + rng.uniform(0.2, 0.8) * (column - size)
+        top = rng.uniform(0, height - size)
+        box = (left, top, left + size, top + size)
+        colour = COLOURS[item.colour]
+        if item.shape == "circle":
+            draw.ellipse(box, fill=colour)
+        elif item.shape == "square":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([(left + size / 2, top), (left, top + size), (left + size, top + size)], fill=colour)
+    return image
+
+
+def save_image(image: Image.Image, root: str, relative: str) -> str:
+    path = os.path.join(root, "images", relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image.save(path)
+    return relative
+
+
+# -- questions -------------------------------------------------------------------------------------
+def find(scene: Scene, shape: str) -> Item | None:
+    return next((item for item in scene if item.shape == shape), None)
+
+
+def ask(
+    kind: str, scene: Scene, rng: random.Random, subject: str | None = None, present: bool | None = None
+) -> tuple[str, str, str]:
+    """(question, short answer, sentence answer) of `kind` about `scene`. `subject` is the shape a
+    colour or position question asks about (default: a random one of the picture); `present` says
+    whether a presence question names a shape and colour of the picture (default: either)."""
+    phrasing = rng.choice(QUESTION_KINDS[kind].phrasings)
+    if kind == "count":
+        short = str(len(scene))
+        return phrasing, short, "There is 1 shape." if short == "1" else f"There are {short} shapes."
+    if kind == "presence":
+        present = rng.random() < 0.5 if present is None else present
+        if present:
+            item = rng.choice(scene)
+            shape, colour = item.shape, item.colour
+        else:
+            here = {(item.shape, item.colour) for item in scene}
+            shape, colour = rng.choice([(s, c) for s in SHAPES for c in COLOURS if (s, c) not in here])
+        question = phrasing.format(shape=shape, colour=colour)
+        if present:
+            return question, "yes", f"Yes, there is a {colour} {shape}."
+        return question, "no", f"No, there is no {colour} {shape}."
+    item = find(scene, subject) if subject is not None else rng.choice(scene)
+    if item is None:
+        raise ValueError(f"no {subject} in {scene}")
+    question = phrasing.format(shape=item.shape)
+    if kind == "colour":
+        return question, item.colour, f"The {item.shape} is {item.colour}."
+    return question, item.position, f"The {item.shape} is {WHERE[item.position]}."
+
+
+def scene_for(kind: str, answer: str, rng: random.Random) -> tuple[Scene, dict[str, Any]]:
+    """A random scene, and the `ask` arguments, for which the `kind` question answers `answer`."""
+    if kind == "count":
+        return random_scene(rng, int(answer)), {}
+    if kind == "presence":
+        return random_scene(rng), {"present": answer == "yes"}
+    scene = random_scene(rng)
+    target = rng.choice(scene)
+    if kind == "colour":
+        # the target takes the wanted colour; the shape that had it, if any, takes the target's
+        swap = {target.colour: answer, answer: target.colour}
+        scene = tuple(Item(i.shape, swap.get(i.colour, i.colour), i.position) for i in scene)
+    else:
+        # the target moves to the wanted column; the shape there, if any, to the target's column
+        swap = {target.position: answer, answer: target.position}
+        moved = (Item(i.shape, i.colour, swap.get(i.position, i.position)) for i in scene)
+        scene = tuple(sorted(moved, key=lambda i: POSITIONS.index(i.position)))
+    return scene, {"subject": target.shape}
+
+
+def caption(scene: Scene) -> str:
+    parts = [f"a {item.colour} {item.shape} {WHERE[item.position]}" for item in scene]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+def chance_accuracy(categories: Sequence[str]) -> dict[str, Any]:
+    """The expected accuracy of answering each question with a uniformly random valid answer."""
+    by_kind = {kind: 1 / len(QUESTION_KINDS[kind].answers) for kind in QUESTION_KINDS}
+    overall = sum(by_kind[c] for c in categories) / len(categories)
+    return {"overall": overall, "by_type": {k: v for k, v in by_kind.items() if k in set(categories)}}
+
+
+# -- the data set ----------------------------------------------------------------------------------
+def pretrain_samples(rng: random.Random, root: str, n: int) -> list[dict[str, Any]]:
+    samples = []
+    for i in range(n):
+        scene = random_scene(rng)
+        image = save_image(draw_scene(scene, rng), root, f"pretrain/{i:05d}.png")
+        samples.append({
+            "id": f"pretrain-{i:05d}",
+            "image": image,
+            "conversations": [
+                {"from": "human", "value": "<image>\n" + rng.choice(CAPTION_INSTRUCTIONS)},
+                {"from": "gpt", "value": caption(scene)},
+            ],
+        })
+    return samples
+
+
+def turn(question: str, short: str, sentence: str, rng: random.Random) -> tuple[str, str]:
+    """Half the turns ask for a short answer the way evaluation files do; the others get a sentence."""
+    if rng.random() < 0.5:
+        return f"{question}\n{SHORT_ANSWER}", short
+    return question, sentence
+
+
+def finetune_samples(
+    rng: random.Random, root: str, n: int, text_only_fraction: float, captions: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Conversations about pictures (and a few without one); each picture's caption goes into `captions`."""
+    samples = []
+    for i in range(n):
+        if rng.random() < text_only_fraction:
+            pairs = rng.sample(TEXT_ONLY, rng.randint(1, 2))
+            conversations = []
+            for question, answer in pairs:
+                conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+            samples.append({"id": f"finetune-{i:05d}", "conversations": conversations})
+            continue
+        scene = random_scene(rng)
+        image = save_image(draw_scene(scene, rng), root, f"finetune/{i:05d}.png")
+        kinds = rng.sample(list(QUESTION_KINDS), rng.randint(2, 4))
+        conversations = []
+        for j, kind in enumerate(kinds):
+            question, answer = turn(*ask(kind, scene, rng), rng)
+            if j == 0:
+                question = "<image>\n" + question
+            conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        samples.append({"id": f"finetune-{i:05d}", "image": image, "conversations": conversations})
+        captions[image] = caption(scene)
+    return samples
+
+
+def eval_questions(rng: random.Random, root: str, n: int) -> tuple[list[dict], list[dict]]:
+    """`n` held-out questions, kinds in turn, answers balanced within each kind."""
+    questions, key = [], []
+    kinds = list(QUESTION_KINDS)
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        answers = QUESTION_KINDS[kind].answers
+        answer = answers[(i // len(kinds)) % len(answers)]
+        scene, arguments = scene_for(kind, answer, rng)
+        question, short, _ = ask(kind, scene, rng, **arguments)
+        if short != answer:
+            raise AssertionError(f"held-out {kind} question {i} answers {short!r}, not {answer!r}")
+        image = save_image(draw_scene(scene, rng), root, f"eval/{i:04d}.png")
+        questions.append({"question_id": i, "image": image, "text": f"{question}\n{SHORT_ANSWER}", "category": kind})
+        key.append({"question_id": i, "answer": answer, "category": kind})
+    return questions, key
+
+
+def write_json(path: str, data: Any) -> None:
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=1)
+
+
+def write_jsonl(path: str, rows: Sequence[dict]) -> None:
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def generate(
+    output_dir: str,
+    seed: int = 0,
+    num_pretrain: int = 3000,
+    num_finetune: int = 4000,
+    num_eval: int = 400,
+    text_only_fraction: float = 0.05,
+) -> dict[str, str]:
+    """Write the data set under `output_dir`; returns the paths of its files."""
+    if num_eval % len(QUESTION_KINDS):
+        raise ValueError(f"--num-eval must be a multiple of {len(QUESTION_KINDS)} (one question of each kind in turn)")
+    # Independent streams, so changing one split's size leaves the others as they were.
+    pretrain = pretrain_samples(random.Random(f"{seed}-pretrain"), output_dir, num_pretrain)
+    captions = {s["image"]: s["conversations"][1]["value"] for s in pretrain}
+    finetune = finetune_samples(random.Random(f"{seed}-finetune"), output_dir, num_finetune, text_only_fraction, captions)
+    questions, key = eval_questions(random.Random(f"{seed}-eval"), output_dir, num_eval)
+    save_image(Image.new("RGB", (128, 128), BACKGROUND), output_dir, BLANK_IMAGE)
+
+    paths = {
+        "image_folder": os.path.join(output_dir, "images"),
+        "pretrain": os.path.join(output_dir, "pretrain.json"),
+        "finetune": os.path.join(output_dir, "finetune.json"),
+        "questions": os.path.join(output_dir, "eval", "questions.jsonl"),
+        "questions_blind": os.path.join(output_dir, "eval", "questions_blind.jsonl"),
+        "answer_key": os.path.join(output_dir, "eval", "answer_key.jsonl"),
+        "captions": os.path.join(output_dir, "captions.json"),
+        "text": os.path.join(output_dir, "text.txt"),
+    }
+    write_json(paths["pretrain"], pretrain)
+    write_json(paths["finetune"], finetune)
+    write_json(paths["captions"], captions)
+    os.makedirs(os.path.dirname(paths["questions"]), exist_ok=True)
+    write_jsonl(paths["questions"], questions)
+    write_jsonl(paths["questions_blind"], [dict(q, image=BLANK_IMAGE) for q in questions])
+    write_jsonl(paths["answer_key"], key)
+    texts = [turn["value"].replace("<image>\n", "") for s in pretrain + finetune for turn in s["conversations"]]
+    texts += [q["text"] for q in questions]
+    with atomic_write(paths["text"]) as f:
+        f.write("\n".join(texts) + "\n")
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bunny.data.synthetic", description="Generate the seeded shapes data set of the demo."
+    )
+    parser.add_argument("--output-dir", required=True, help="directory to write the data set into")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")
+    parser.add_argument("--num-pretrain", type=int, default=3000, help="captioned pictures for projector pretraining")
+    parser.add_argument("--num-finetune", type=int, default=4000, help="conversations for instruction tuning")
+    parser.add_argument("--num-eval", type=int, default=400, help="held-out questions (a multiple of 4)")
+    parser.add_argument(
+        "--text-only-fraction", type=float, default=0.05, help="share of finetuning conversations without a picture"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, str]:
+    args = build_parser().parse_args(argv)
+    paths = generate(
+        args.output_dir, args.seed, args.num_pretrain, args.num_finetune, args.num_eval, args.text_only_fraction
+    )
+    print(json.dumps(paths, indent=1))
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""`python -m bunny.data.synthetic`: seeded, in the original's formats, and its answer key is what the
+pictures show (checked from the pixels, independently of the generator's own bookkeeping)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bunny.data import synthetic
+from bunny.data.dataset import load_training_data
+from bunny.eval.common import read_question_file, read_jsonl
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    synthetic.main(["--output-dir", str(root), "--num-pretrain", "40", "--num-finetune", "60", "--num-eval", "120",
+                    "--text-only-fraction", "0.2"])
+    return root
+
+
+def test_same_seed_same_files_other_seed_other_files(data, tmp_path):
+    again = tmp_path / "again"
+    synthetic.generate(str(again), seed=0, num_pretrain=40, num_finetune=60, num_eval=120, text_only_fraction=0.2)
+    assert digest(again) == digest(data)
+    other = tmp_path / "other"
+    synthetic.generate(str(other), seed=1, num_pretrain=40, num_finetune=60, num_eval=120, text_only_fraction=0.2)
+    assert digest(other)["finetune.json"] != digest(data)["finetune.json"]
+
+
+def test_training_files_load_in_the_training_format(data):
+    pretrain = load_training_data(str(data / "pretrain.json"))
+    finetune = load_training_data(str(data / "finetune.json"))
+    assert len(pretrain) == 40 and len(finetune) == 60
+    assert all(s["conversations"][0]["value"].startswith("<image>\n") and len(s["conversations"]) == 2 for s in pretrain)
+    text_only = [s for s in finetune if "image" not in s]
+    assert 0 < len(text_only) < len(finetune)
+    assert not any("<image>" in t["value"] for s in text_only for t in s["conversations"])
+    for sample in finetune:
+        if "image" in sample:
+            assert (data / "images" / sample["image"]).is_file()
+            values = [t["value"] for t in sample["conversations"]]
+            assert values[0].startswith("<image>\n") and sum("<image>" in v for v in values) == 1
+            assert [t["from"] for t in sample["conversations"]] == ["human", "gpt"] * (len(values) // 2)
+
+
+def test_pictures_vary_in_size_and_shape(data):
+    sizes = {Image.open(p).size for p in (data / "images" / "pretrain").iterdir()}
+    assert len(sizes) > 10
+    assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)
+
+
+def palette_colours(image: Image.Image) -> set[str]:
+    counts = Counter(image.convert("RGB").getdata())
+    return {name for name, rgb in synthetic.COLOURS.items() if counts[rgb] > 20}
+
+
+def test_answer_key_is_what_the_pictures_show(data):
+    questions = read_question_file(str(data / "eval" / "questions.jsonl"))
+    key = {row["question_id"]: row for row in read_jsonl(str(data / "eval" / "answer_key.jsonl"))}
+    assert len(questions) == len(key) == 120
+    for question in questions:
+        answer = key[question["question_id"]]["answer"]
+        kind = question["category"]
+        assert question["text"].endswith("\n" + synthetic.SHORT_ANSWER)
+        image = Image.open(data / "images" / question["image"])
+        colours = palette_colours(image)
+        if kind == "count":
+            assert len(colours) == int(answer), question
+        elif kind == "colour":
+            assert answer in colours, question
+        elif kind == "presence":
+            named = next(c for c in synthetic.COLOURS if f" {c} " in question["text"])
+            if answer == "yes":
+                assert named in colours, question
+        else:
+            # some shape colour lies in the answer's third of the picture
+            width = image.width
+            column = synthetic.POSITIONS.index(answer)
+            crop = image.crop((int(column * width / 3), 0, int((column + 1) * width / 3), image.height))
+            assert palette_colours(crop), question
+
+
+def test_held_out_answers_are_balanced_within_each_kind(data):
+    key = read_jsonl(str(data / "eval" / "answer_key.jsonl"))
+    for kind, spec in synthetic.QUESTION_KINDS.items():
+        counts = Counter(row["answer"] for row in key if row["category"] == kind)
+        assert set(counts) == set(spec.answers)
+        assert max(counts.values()) - min(counts.values()) <= 1, (kind, counts)
+    chance = synthetic.chance_accuracy([row["category"] for row in key])
+    assert chance["by_type"] == {"colour": 0.2, "count": 1 / 3, "presence": 0.5, "position": 1 / 3}
+    assert chance["overall"] == pytest.approx((0.2 + 1 / 3 + 0.5 + 1 / 3) / 4)
+
+
+def test_blind_questions_are_the_same_questions_about_a_blank_picture(data):
+    seen = read_question_file(str(data / "eval" / "questions.jsonl"))
+    blind = read_question_file(str(data / "eval" / "questions_blind.jsonl"))
+    assert [{**q, "image": None} for q in seen] == [{**q, "image": None} for q in blind]
+    assert {q["image"] for q in blind} == {synthetic.BLANK_IMAGE}
+    assert palette_colours(Image.open(data / "images" / synthetic.BLANK_IMAGE)) == set()
+
+
+def test_eval_size_must_cover_every_kind(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 4"):
+        synthetic.generate(str(tmp_path), num_pretrain=1, num_finetune=1, num_eval=6)
+
+
+def test_text_file_holds_every_training_text(data):
+    text = (data / "text.txt").read_text()
+    finetune = json.loads((data / "finetune.json").read_text())
+    for sample in finetune[:10]:
+        for turn in sample["conversations"]:
+            assert turn["value"].replace("<image>\n", "") in text
+
+
+def test_readme_documents_every_question_phrasing():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for kind, spec in synthetic.QUESTION_KINDS.items():
+        assert f"| {kind} |" in readme
+        for phrasing in spec.phrasings:
+            assert f'"{phrasing}"' in readme, phrasing
+        assert ", ".join(spec.answers) in readme
+    assert synthetic.SHORT_ANSWER in readme
