@@ -15,11 +15,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Until the end-to-end demo lands: chat with a tiny reference checkpoint about a bundled picture.
+# Generate the shapes data, build stand-in weights, pretrain, LoRA-finetune, merge, evaluate and
+# chat; results in outputs/demo (metrics.json, losses.png).
 demo: $(STAMP)
-	cd tests/fixtures/reference && printf 'What is shown in this picture?\n' | \
-	  ../../../$(PY) -m bunny.serve.cli --model-path checkpoints/bunny-phi-2-siglip-full \
-	  --model-type phi-2 --image-file ../../../images/shapes.png --device cpu --temperature 0 --max-new-tokens 16
+	$(PY) -m bunny.demo --output-dir outputs/demo
 
 bench: $(STAMP)
 	$(PY) bench/inference.py

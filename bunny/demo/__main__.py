@@ -1,0 +1,292 @@
+"""The demo: train a tiny Bunny on generated pictures of shapes, show that it sees, and chat with it.
+
+Run as (`make demo` does this):
+    python -m bunny.demo [--output-dir outputs/demo] [--quick] [--seed 0]
+
+Stages, each through the entry point a user would run:
+  1. data        `python -m bunny.data.synthetic`: pictures, captions, conversations, held-out questions
+  2. stand-ins   a tokenizer, a SigLIP tower and a phi-2-architecture LLM, briefly pretrained on that
+                 data (bunny/demo/stand_ins.py), as local model directories
+  3. pretrain    `bunny/train/train.py --tune_mm_mlp_adapter True` (template `plain`)
+  4. finetune    `bunny/train/train.py --lora_enable True` (template `bunny`)
+  5. merge       `script/merge_lora_weights.py`
+  6. evaluate    `python -m bunny.eval.model_vqa_loader` on the held-out questions, once with their
+                 pictures and once with a blank picture, scored by `bunny.eval.eval_shapes`
+  7. chat        `python -m bunny.serve.cli` about images/shapes.png
+
+Writes `<output-dir>/metrics.json` (accuracy, accuracy_by_type, blind_accuracy, chance_accuracy,
+timings, the merged checkpoint and its model type) and `<output-dir>/losses.png`. Everything is
+seeded: two runs give the same metrics, timings aside. `--quick` is the small version the test
+suite runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from bunny.util.utils import atomic_write
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL_TYPE = "phi-2"
+CHAT_IMAGE = os.path.join(REPO, "images", "shapes.png")
+CHAT_QUESTIONS = ("How many shapes are there?", "What colour is the triangle?", "Where is the circle?")
+
+
+@dataclass(frozen=True)
+class Settings:
+    num_pretrain: int = 3000
+    num_finetune: int = 6000
+    num_eval: int = 400
+    tower_steps: int = 300
+    llm_steps: int = 200
+    pretrain_batch_size: int = 32
+    pretrain_lr: float = 1e-3
+    finetune_batch_size: int = 16
+    finetune_epochs: int = 2
+    finetune_lr: float = 1e-3
+    lora_r: int = 64
+    lora_alpha: int = 128
+    eval_batch_size: int = 50
+
+
+# The test suite's version (under 3 minutes): fewer pictures and steps, smaller finetuning batches
+# so that it still takes enough optimiser steps to start reading the pictures.
+QUICK = Settings(
+    num_pretrain=600, num_finetune=2000, num_eval=80, tower_steps=100, llm_steps=60, finetune_batch_size=8,
+    finetune_epochs=1,
+)
+
+
+class Stages:
+    """Runs the stages in order, timing each and echoing the commands it runs."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, function: Any, *args: Any) -> Any:
+        print(f"\n=== {name} ===", flush=True)
+        start = time.perf_counter()
+        result = function(*args)
+        self.timings[name] = round(time.perf_counter() - start, 1)
+        print(f"=== {name}: {self.timings[name]:.1f} s", flush=True)
+        return result
+
+
+def command(argv: Sequence[str], stdin: str | None = None, capture: bool = False) -> str:
+    """Run one of the project's entry points from the repository root, echoing it first."""
+    print("$ " + " ".join(argv), flush=True)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=REPO, env=env, input=stdin, text=True,
+        stdout=subprocess.PIPE if capture else None,
+    )
+    if result.returncode:
+        raise SystemExit(f"demo: `{' '.join(argv)}` failed with exit status {result.returncode}")
+    return result.stdout or ""
+
+
+# -- stages ----------------------------------------------------------------------------------------
+def make_data(directory: str, settings: Settings, seed: int) -> dict[str, str]:
+    from bunny.data import synthetic
+
+    return synthetic.main([
+        "--output-dir", directory, "--seed", str(seed), "--num-pretrain", str(settings.num_pretrain),
+        "--num-finetune", str(settings.num_finetune), "--num-eval", str(settings.num_eval),
+    ])
+
+
+def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, seed: int) -> dict[str, Any]:
+    from PIL import Image
+
+    from bunny.demo import stand_ins
+
+    with open(data["pretrain"]) as f:
+        pretrain = json.load(f)
+    with open(data["finetune"]) as f:
+        finetune = json.load(f)
+    with open(data["text"]) as f:
+        texts = f.read().splitlines()
+    with open(data["captions"]) as f:
+        picture_captions = json.load(f)
+    conversations = [
+        stand_ins.render_conversation(sample["conversations"], picture_captions.get(sample.get("image"), ""))
+        for sample in finetune
+    ]
+    captions = [sample["conversations"][1]["value"] for sample in pretrain]
+
+    llm_dir, tower_dir = os.path.join(directory, "phi-demo"), os.path.join(directory, "siglip-demo")
+    tokenizer = stand_ins.train_tokenizer(texts + conversations, llm_dir)
+    images = [Image.open(os.path.join(data["image_folder"], sample["image"])).convert("RGB") for sample in pretrain]
+    tower_losses = stand_ins.pretrain_tower(images, captions, tokenizer, tower_dir, steps=settings.tower_steps, seed=seed)
+    llm_losses = stand_ins.pretrain_llm(conversations + captions, tokenizer, llm_dir, steps=settings.llm_steps, seed=seed)
+    return {"llm": llm_dir, "tower": tower_dir, "losses": {"vision tower": tower_losses, "language model": llm_losses}}
+
+
+def common_train_flags(base: dict[str, Any], data: dict[str, str], output_dir: str, seed: int) -> list[str]:
+    return [
+        "bunny/train/train.py",
+        "--model_name_or_path", base["llm"], "--model_type", MODEL_TYPE, "--vision_tower", base["tower"],
+        "--image_folder", data["image_folder"], "--mm_projector_type", "mlp2x_gelu", "--image_aspect_ratio", "pad",
+        "--output_dir", output_dir, "--model_max_length", "512", "--num_train_epochs", "1",
+        "--weight_decay", "0.", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "5",
+        "--save_strategy", "no", "--dataloader_num_workers", "0", "--report_to", "none", "--use_cpu", "True",
+        "--seed", str(seed), "--data_seed", str(seed),
+    ]
+
+
+def pretrain(base: dict[str, Any], data: dict[str, str], output_dir: str, settings: Settings, seed: int) -> str:
+    command(common_train_flags(base, data, output_dir, seed) + [
+        "--version", "plain", "--data_path", data["pretrain"], "--tune_mm_mlp_adapter", "True",
+        "--per_device_train_batch_size", str(settings.pretrain_batch_size), "--learning_rate", str(settings.pretrain_lr),
+    ])
+    return os.path.join(output_dir, "mm_projector.bin")
+
+
+def finetune(base: dict[str, Any], data: dict[str, str], projector: str, output_dir: str, settings: Settings, seed: int) -> None:
+    flags = common_train_flags(base, data, output_dir, seed)
+    flags[flags.index("--num_train_epochs") + 1] = str(settings.finetune_epochs)
+    command(flags + [
+        "--version", "bunny", "--data_path", data["finetune"], "--pretrain_mm_mlp_adapter", projector,
+        "--lora_enable", "True", "--lora_r", str(settings.lora_r), "--lora_alpha", str(settings.lora_alpha),
+        "--mm_projector_lr", str(settings.finetune_lr), "--learning_rate", str(settings.finetune_lr),
+        "--per_device_train_batch_size", str(settings.finetune_batch_size), "--group_by_modality_length", "True",
+    ])
+
+
+def merge(base: dict[str, Any], lora_dir: str, merged_dir: str) -> None:
+    command([
+        "script/merge_lora_weights.py", "--model-path", lora_dir, "--model-base", base["llm"],
+        "--model-type", MODEL_TYPE, "--save-model-path", merged_dir, "--dtype", "float32",
+    ])
+
+
+def evaluate(checkpoint: str, data: dict[str, str], directory: str, settings: Settings) -> dict[str, Any]:
+    from bunny.data.synthetic import chance_accuracy
+    from bunny.eval.common import read_jsonl
+    from bunny.eval.eval_shapes import score
+
+    key = read_jsonl(data["answer_key"])
+    results = {}
+    for name, questions in (("seen", data["questions"]), ("blind", data["questions_blind"])):
+        answers = os.path.join(directory, f"answers_{name}.jsonl")
+        command([
+            "-m", "bunny.eval.model_vqa_loader", "--model-path", checkpoint, "--model-type", MODEL_TYPE,
+            "--question-file", questions, "--image-folder", data["image_folder"], "--answers-file", answers,
+            "--temperature", "0", "--max_new_tokens", "8", "--batch-size", str(settings.eval_batch_size),
+            "--device", "cpu",
+        ])
+        results[name] = score(key, read_jsonl(answers))
+    chance = chance_accuracy([entry["category"] for entry in key])
+    return {
+        "accuracy": results["seen"]["accuracy"],
+        "accuracy_by_type": results["seen"]["accuracy_by_type"],
+        "blind_accuracy": results["blind"]["accuracy"],
+        "blind_accuracy_by_type": results["blind"]["accuracy_by_type"],
+        "chance_accuracy": chance["overall"],
+        "chance_accuracy_by_type": chance["by_type"],
+        "num_questions": results["seen"]["num_questions"],
+    }
+
+
+def chat(checkpoint: str) -> str:
+    return command(
+        ["-m", "bunny.serve.cli", "--model-path", checkpoint, "--model-type", MODEL_TYPE, "--image-file", CHAT_IMAGE,
+         "--device", "cpu", "--temperature", "0", "--max-new-tokens", "24"],
+        stdin="".join(q + "\n" for q in CHAT_QUESTIONS),
+    )
+
+
+# -- results ---------------------------------------------------------------------------------------
+def trainer_losses(output_dir: str) -> list[tuple[int, float]]:
+    with open(os.path.join(output_dir, "trainer_state.json")) as f:
+        history = json.load(f)["log_history"]
+    return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+
+
+def plot_losses(losses: dict[str, list[tuple[int, float]]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.2))
+    for ax, (name, points) in zip(axes, losses.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, linewidth=1.2)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    tmp = path + ".partial.png"
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def run(output_dir: str, settings: Settings, seed: int) -> dict[str, Any]:
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir):
+        shutil.rmtree(output_dir)  # train.py resumes from old checkpoints; start clean
+    os.makedirs(output_dir)
+    paths = {name: os.path.join(output_dir, name) for name in ("data", "base", "checkpoints", "eval")}
+    pretrain_dir = os.path.join(paths["checkpoints"], f"bunny-{MODEL_TYPE}-pretrain")
+    lora_dir = os.path.join(paths["checkpoints"], f"bunny-lora-{MODEL_TYPE}")
+    merged_dir = os.path.join(paths["checkpoints"], f"bunny-{MODEL_TYPE}")
+
+    stages = Stages()
+    data = stages.run("data", make_data, paths["data"], settings, seed)
+    base = stages.run("stand-ins", make_stand_ins, data, paths["base"], settings, seed)
+    projector = stages.run("pretrain", pretrain, base, data, pretrain_dir, settings, seed)
+    stages.run("finetune", finetune, base, data, projector, lora_dir, settings, seed)
+    stages.run("merge", merge, base, lora_dir, merged_dir)
+    scores = stages.run("evaluate", evaluate, merged_dir, data, paths["eval"], settings)
+    transcript = stages.run("chat", chat, merged_dir)
+
+    losses = {name: list(enumerate(values, start=1)) for name, values in base["losses"].items()}
+    losses["projector pretraining"] = trainer_losses(pretrain_dir)
+    losses["LoRA finetuning"] = trainer_losses(lora_dir)
+    plot_losses(losses, os.path.join(output_dir, "losses.png"))
+    metrics = {
+        **scores,
+        "checkpoint": os.path.relpath(merged_dir, REPO),
+        "model_type": MODEL_TYPE,
+        "final_losses": {name: points[-1][1] for name, points in losses.items()},
+        "first_losses": {name: points[0][1] for name, points in losses.items()},
+        "timings_s": stages.timings,
+        "seed": seed,
+        "settings": asdict(settings),
+    }
+    with atomic_write(os.path.join(output_dir, "metrics.json")) as f:
+        json.dump(metrics, f, indent=1)
+    return {**metrics, "chat": transcript}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bunny.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", default=os.path.join(REPO, "outputs", "demo"), help="where everything is written (replaced)")
+    parser.add_argument("--quick", action="store_true", help="the small version the test suite runs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every training stage")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    metrics = run(args.output_dir, QUICK if args.quick else Settings(), args.seed)
+    print(
+        f"\nheld-out accuracy {100 * metrics['accuracy']:.1f}% "
+        f"({', '.join(f'{k} {100 * v:.0f}%' for k, v in metrics['accuracy_by_type'].items())}); "
+        f"with a blank picture {100 * metrics['blind_accuracy']:.1f}%; chance {100 * metrics['chance_accuracy']:.1f}%"
+    )
+    print(f"metrics: {os.path.join(args.output_dir, 'metrics.json')}; losses: {os.path.join(args.output_dir, 'losses.png')}")
+    print(f"checkpoint: {metrics['checkpoint']} (model type {MODEL_TYPE}); total {time.perf_counter() - start:.0f} s")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Stand-ins for the downloaded weights a Bunny run starts from, built from the demo's own data.
+
+No model hub is reachable on a fresh machine, so the demo makes its own:
+- a byte-level BPE tokenizer trained with `tokenizers` on the data set's text (GPT-2 style, as
+  phi-2's: no BOS, `<|endoftext|>` as eos/unk);
+- a SigLIP vision tower, pretrained with SigLIP's sigmoid image-caption loss against a small
+  SigLIP text tower (only the vision half is kept, as `SiglipVisionModel` + its image processor),
+  its penultimate-layer features centred (`centre_penultimate_features`);
+- a phi-2-architecture LLM (`PhiForCausalLM`), pretrained with the causal LM loss on the data set's
+  conversations rendered in the `bunny` template, each picture replaced by its caption.
+
+Each is saved as an ordinary local model directory that `from_pretrained` reads, so the rest of the
+pipeline runs exactly as it would on `microsoft/phi-2` and `google/siglip-so400m-patch14-384`.
+Every builder is seeded and returns its per-step losses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from bunny.conversation import get_conv_template
+from bunny.util.mm_utils import process_images
+
+EOS = "<|endoftext|>"
+BACKGROUND_MEAN = 0.94  # bunny.data.synthetic draws on (233..245) grey
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    image_size: int = 96
+    patch_size: int = 16  # 36 image tokens
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    text_layers: int = 2
+    text_length: int = 32  # captions are padded to this many tokens (SigLIP pools the last one)
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    hidden_size: int = 256
+    intermediate_size: int = 1024
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 512
+
+
+def train_tokenizer(texts: Sequence[str], output_dir: str, vocab_size: int = 640) -> Any:
+    """A GPT-2-style byte-level BPE tokenizer over `texts`, saved to `output_dir`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    tokenizer.save_pretrained(output_dir)
+    return tokenizer
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """`steps` batches of indices into `n` items: shuffled epochs, seeded."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    batches = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order += epoch
+        batches.append(order[:batch_size])
+        order = order[batch_size:]
+    return batches
+
+
+def _cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _train(model: torch.nn.Module, loss: Any, batches: list[list[int]], lr: float, description: str) -> list[float]:
+    """AdamW with warm-up and cosine decay over `batches`; returns the loss of every step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = _cosine_lr(optimizer, len(batches), warmup=max(1, len(batches) // 10))
+    losses = []
+    model.train()
+    for batch in tqdm(batches, desc=description, unit="step"):
+        value = loss(batch)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(value.item())
+    return losses
+
+
+def pretrain_tower(
+    images: Sequence[Image.Image],
+    captions: Sequence[str],
+    tokenizer: Any,
+    output_dir: str,
+    spec: TowerSpec = TowerSpec(),
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> list[float]:
+    """Train a SigLIP model on (image, caption) pairs with the sigmoid loss; save its vision tower."""
+    from transformers import SiglipConfig, SiglipModel, SiglipTextConfig, SiglipVisionConfig, SiglipVisionModel
+    from transformers.models.siglip import SiglipImageProcessorPil
+
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(
+        hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, image_size=spec.image_size, patch_size=spec.patch_size,
+    )
+    text = SiglipTextConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.num_heads,
+        max_position_embeddings=spec.text_length, pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+    )
+    model = SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    # The mean is the pictures' background colour: background and the padding Bunny adds around a
+    # picture (in the mean colour) both normalise to about zero, so the shapes stand out.
+    processor = SiglipImageProcessorPil(
+        size={"height": spec.image_size, "width": spec.image_size}, image_mean=[BACKGROUND_MEAN] * 3, image_std=[0.5] * 3
+    )
+    # Pictures are padded to a square the way Bunny feeds them (image_aspect_ratio "pad").
+    pixels = process_images(images, processor, SimpleNamespace(image_aspect_ratio="pad"))  # [N, 3, S, S]
+    # [N, text_length]: captions padded with eos to a fixed length, as SigLIP's text tower expects
+    tokens = torch.full((len(captions), spec.text_length), tokenizer.eos_token_id)
+    for row, caption in enumerate(captions):
+        ids = tokenizer(caption)["input_ids"][: spec.text_length]
+        tokens[row, : len(ids)] = torch.tensor(ids)
+
+    def loss(batch: list[int]) -> torch.Tensor:
+        return model(input_ids=tokens[batch], pixel_values=pixels[batch], return_loss=True).loss
+
+    losses = _train(model, loss, _batches(len(images), batch_size, steps, seed), lr, "vision tower (SigLIP loss)")
+
+    tower = SiglipVisionModel(vision)
+    tower.load_state_dict(model.vision_model.state_dict())
+    centre_penultimate_features(tower, pixels[:512])
+    tower.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return losses
+
+
+@torch.no_grad()
+def centre_penultimate_features(tower: Any, pixels: torch.Tensor) -> None:
+    """Subtract the mean of the features Bunny reads (the second-to-last layer's output) through the
+    bias that writes that layer's output last.
+
+    The residual stream of a briefly trained SigLIP carries a large constant vector (norm ~60
+    against ~8 for everything that differs between pictures and positions); a projector would need
+    thousands of steps to cancel it. Centring leaves every feature difference, and the layers Bunny
+    uses, as they were; only the unused last layer sees shifted inputs.
+    """
+    tower.eval()
+    features = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]  # [N, P, C]
+    tower.encoder.layers[-2].mlp.fc2.bias -= features.mean(dim=(0, 1))
+
+
+def render_conversation(conversations: Sequence[dict[str, str]], picture: str = "", template: str = "bunny") -> str:
+    """A training conversation as text, with `picture` (e.g. the picture's caption) where the image goes.
+
+    Pretraining the LLM on conversations about a described picture teaches it to answer from what
+    precedes the question, the skill it later needs to answer from the projected image features.
+    """
+    conv = get_conv_template(template)
+    for turn in conversations:
+        role = conv.roles[0] if turn["from"] == "human" else conv.roles[1]
+        text = turn["value"].replace("<image>\n", picture + "\n" if picture else "").replace("<image>", picture)
+        conv.append_message(role, text)
+    return conv.get_prompt()
+
+
+def pretrain_llm(
+    texts: Sequence[str],
+    tokenizer: Any,
+    output_dir: str,
+    spec: LLMSpec = LLMSpec(),
+    steps: int = 150,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> list[float]:
+    """Train a phi-architecture LLM on `texts` with the causal LM loss; save it with the tokenizer."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    torch.manual_seed(seed)
+    config = PhiConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        max_position_embeddings=spec.max_position_embeddings, partial_rotary_factor=0.5,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )
+    model = PhiForCausalLM(config)
+    encoded = [tokenizer(text + EOS)["input_ids"][: spec.max_position_embeddings] for text in texts]
+
+    def loss(batch: list[int]) -> torch.Tensor:
+        rows = [encoded[i] for i in batch]
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), tokenizer.eos_token_id)  # [B, T], right-padded
+        labels = torch.full((len(rows), width), -100)
+        for r, ids in enumerate(rows):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            labels[r, : len(ids)] = torch.tensor(ids)
+        return model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+
+    losses = _train(model, loss, _batches(len(encoded), batch_size, steps, seed), lr, "language model (causal LM loss)")
+
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return losses
+
+
+def save_losses(path: str, losses: dict[str, list[float]]) -> None:
+    with open(path, "w") as f:
+        json.dump(losses, f)
