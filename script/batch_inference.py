@@ -17,7 +17,6 @@ attention mask; this one uses the local package (`load_pretrained_model`) and pa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -29,7 +28,7 @@ from bunny.model.builder import load_pretrained_model
 from bunny.serve.cli import add_model_arguments, device_problem, model_path_problem
 from bunny.serve.generation import answer_batch, resolve_conv_mode
 from bunny.util.mm_utils import ImageLoadError, get_model_name_from_path, load_image
-from bunny.util.utils import atomic_write, disable_torch_init
+from bunny.util.utils import disable_torch_init, write_jsonl
 
 DEFAULT_PROMPT = "What is shown in this picture?"
 
@@ -154,10 +153,7 @@ def main(argv: Sequence[str] | None = None) -> list[Answer]:
     for answer in answers:
         print(f"[{answer.image_file}] {answer.prompt}\n{answer.text}\n", flush=True)
     if args.output_file:
-        with atomic_write(args.output_file) as f:
-            for answer in answers:
-                record = {k: v for k, v in asdict(answer).items() if k != "token_ids"}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        write_jsonl(args.output_file, [{k: v for k, v in asdict(a).items() if k != "token_ids"} for a in answers])
     return answers
 
 

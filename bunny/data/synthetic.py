@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw
 
-from bunny.util.utils import atomic_write
+from bunny.util.utils import atomic_write, write_jsonl
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -287,12 +287,6 @@ def eval_questions(rng: random.Random, root: str, n: int) -> tuple[list[dict], l
 def write_json(path: str, data: Any) -> None:
     with atomic_write(path) as f:
         json.dump(data, f, indent=1)
-
-
-def write_jsonl(path: str, rows: Sequence[dict]) -> None:
-    with atomic_write(path) as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
 
 
 def generate(

@@ -83,9 +83,8 @@ class Stages:
 def command(argv: Sequence[str], stdin: str | None = None, capture: bool = False) -> str:
     """Run one of the project's entry points from the repository root, echoing it first."""
     print("$ " + " ".join(argv), flush=True)
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
-        [sys.executable, *argv], cwd=REPO, env=env, input=stdin, text=True,
+        [sys.executable, *argv], cwd=REPO, input=stdin, text=True,
         stdout=subprocess.PIPE if capture else None,
     )
     if result.returncode:

@@ -17,7 +17,6 @@ Every builder is seeded and returns its per-step losses.
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -26,9 +25,10 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from bunny.conversation import get_conv_template
-from bunny.util.mm_utils import process_images
+from bunny.util.mm_utils import pad_token_ids, process_images
 
 EOS = "<|endoftext|>"
 BACKGROUND_MEAN = 0.94  # bunny.data.synthetic draws on (233..245) grey
@@ -91,19 +91,10 @@ def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     return batches
 
 
-def _cosine_lr(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _train(model: torch.nn.Module, loss: Any, batches: list[list[int]], lr: float, description: str) -> list[float]:
     """AdamW with warm-up and cosine decay over `batches`; returns the loss of every step."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = _cosine_lr(optimizer, len(batches), warmup=max(1, len(batches) // 10))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, len(batches) // 10), len(batches))
     losses = []
     model.train()
     for batch in tqdm(batches, desc=description, unit="step"):
@@ -223,14 +214,10 @@ def pretrain_llm(
     encoded = [tokenizer(text + EOS)["input_ids"][: spec.max_position_embeddings] for text in texts]
 
     def loss(batch: list[int]) -> torch.Tensor:
-        rows = [encoded[i] for i in batch]
-        width = max(map(len, rows))
-        input_ids = torch.full((len(rows), width), tokenizer.eos_token_id)  # [B, T], right-padded
-        labels = torch.full((len(rows), width), -100)
-        for r, ids in enumerate(rows):
-            input_ids[r, : len(ids)] = torch.tensor(ids)
-            labels[r, : len(ids)] = torch.tensor(ids)
-        return model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        # [B, T] right-padded, padding left out of the loss
+        input_ids, attention_mask = pad_token_ids([encoded[i] for i in batch], tokenizer.eos_token_id, side="right")
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
     losses = _train(model, loss, _batches(len(encoded), batch_size, steps, seed), lr, "language model (causal LM loss)")
 

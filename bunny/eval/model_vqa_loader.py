@@ -22,7 +22,6 @@ the question; the original's silent switch to a non-existent `*_mmtag` template 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Sequence
@@ -34,7 +33,7 @@ from bunny.model.builder import load_pretrained_model
 from bunny.serve.cli import device_problem
 from bunny.serve.generation import answer_batch, resolve_conv_mode
 from bunny.util.mm_utils import ImageLoadError, get_model_name_from_path, load_image
-from bunny.util.utils import atomic_write, disable_torch_init
+from bunny.util.utils import disable_torch_init, write_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,9 +117,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     except ValueError as err:
         sys.exit(f"error: {err}")
     os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
-    with atomic_write(args.answers_file) as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    write_jsonl(args.answers_file, records)
     return records
 
 

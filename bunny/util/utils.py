@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import torch
 
@@ -31,3 +32,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
+    """One JSON object per line, written atomically (see `atomic_write`)."""
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
