@@ -213,6 +213,25 @@ def test_projector_lr_groups_and_frozen_parts(world, pretrained, tmp_path):
     assert torch.equal(projector, state_of(pretrained / "mm_projector.bin")["model.mm_projector.0.weight"])
 
 
+@pytest.mark.parametrize("stage", ["pretrain", "lora"])
+def test_seed_decides_the_new_weights_whatever_the_callers_random_state(world, pretrained, tmp_path, stage):
+    """The projector (pretraining) and the LoRA matrices (finetuning) start from --seed, so two runs
+    with the same flags give the same weights."""
+    name = "mm_projector.bin" if stage == "pretrain" else "adapter_model.safetensors"
+    states = []
+    for caller_seed in (1, 2):
+        torch.manual_seed(caller_seed)
+        output = tmp_path / f"run-{caller_seed}"
+        if stage == "pretrain":
+            train(pretrain_args(world, output, steps=1))
+        else:
+            train(finetune_args(world, output, pretrained / "mm_projector.bin", *LORA, steps=1))
+        states.append(state_of(output / name))
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        torch.testing.assert_close(states[1][key], states[0][key], atol=0, rtol=0, msg=key)
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "full", "lora"])
 def test_resume_reaches_the_same_weights(world, pretrained, tmp_path, stage):
     def argv(output: Path) -> list[str]:

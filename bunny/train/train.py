@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 
 import torch
 from torch import nn
+from transformers import set_seed
 
 from bunny.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset
 from bunny.data.preprocess import training_template
@@ -212,6 +213,9 @@ def init_deepspeed_on_cpu(args: TrainingArguments) -> None:
 def train(argv: list[str] | None = None) -> BunnyTrainer:
     model_args, data_args, args = parse_args(argv)
     init_deepspeed_on_cpu(args)
+    # Before any weights are made: the projector and LoRA initialisations follow --seed (the Trainer
+    # seeds only once the model exists, so they used to differ from run to run).
+    set_seed(args.seed)
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     tokenizer = load_training_tokenizer(model_args.model_name_or_path, model_args.model_type, args.model_max_length, args.cache_dir)
