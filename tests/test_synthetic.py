@@ -92,6 +92,21 @@ def test_answer_key_is_what_the_pictures_show(data):
             assert palette_colours(crop), question
 
 
+def test_captions_parse_back_into_the_pictures_they_describe(data):
+    captions = json.loads((data / "captions.json").read_text())
+    assert captions
+    for picture, caption in captions.items():
+        scene = synthetic.parse_caption(caption)
+        assert synthetic.caption(scene) == caption
+        assert {item.colour for item in scene} == palette_colours(Image.open(data / "images" / picture))
+
+
+@pytest.mark.parametrize("text", ["A red circle on the left", "A pink circle on the left.", "", "A red circle."])
+def test_parse_caption_rejects_other_text(text):
+    with pytest.raises(ValueError, match="not a caption"):
+        synthetic.parse_caption(text)
+
+
 def test_held_out_answers_are_balanced_within_each_kind(data):
     key = read_jsonl(str(data / "eval" / "answer_key.jsonl"))
     for kind, spec in synthetic.QUESTION_KINDS.items():

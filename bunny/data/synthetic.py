@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -206,6 +207,18 @@ def caption(scene: Scene) -> str:
     parts = [f"a {item.colour} {item.shape} {WHERE[item.position]}" for item in scene]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[0].upper() + text[1:] + "."
+
+
+def parse_caption(text: str) -> Scene:
+    """The scene a `caption` describes (its inverse); an error names a caption it did not write."""
+    pattern = re.compile(rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) ({'|'.join(WHERE.values())})")
+    body = text[:1].lower() + text[1:]
+    parts = body.removesuffix(".").replace(" and ", ", ").split(", ")
+    matches = [pattern.fullmatch(part) for part in parts]
+    if not body.endswith(".") or not all(matches):
+        raise ValueError(f"not a caption of the shapes data set: {text!r}")
+    position = {where: name for name, where in WHERE.items()}
+    return tuple(Item(m[2], m[1], position[m[3]]) for m in matches)
 
 
 def chance_accuracy(categories: Sequence[str]) -> dict[str, Any]:
