@@ -35,14 +35,14 @@ def world(tmp_path_factory) -> dict:
     conversations = [stand_ins.render_conversation(s["conversations"], captions.get(s.get("image"), "")) for s in finetune]
     images = [Image.open(Path(paths["image_folder"]) / s["image"]).convert("RGB") for s in pretrain]
     return dict(root=root, texts=texts + conversations, conversations=conversations, finetune=finetune,
-                images=images, captions=[s["conversations"][1]["value"] for s in pretrain])
+                images=images, scenes=[synthetic.parse_caption(s["conversations"][1]["value"]) for s in pretrain])
 
 
 def build(world, name: str) -> dict:
     directory = world["root"] / name
     tokenizer = stand_ins.train_tokenizer(world["texts"], str(directory / "llm"))
     tower_losses = stand_ins.pretrain_tower(
-        world["images"], world["captions"], tokenizer, str(directory / "siglip"), TOWER, steps=4, batch_size=16
+        world["images"], world["scenes"], str(directory / "siglip"), TOWER, steps=4, batch_size=16
     )
     llm_losses = stand_ins.pretrain_llm(world["conversations"], tokenizer, str(directory / "llm"), LLM, steps=4, batch_size=8)
     return dict(dir=directory, tower_losses=tower_losses, llm_losses=llm_losses)
@@ -67,6 +67,12 @@ def test_tokenizer_fits_the_bunny_template_like_phi_2(world, built):
     for sample in world["finetune"][:20]:  # the original's label arithmetic agrees: no mismatch error
         tokenized = tokenize_sample(sample["conversations"], tokenizer, training_template("bunny"), has_image="image" in sample)
         assert tokenized.num_supervised > 0
+
+
+def test_tower_targets_name_each_shapes_colour_and_column():
+    scene = synthetic.parse_caption("A blue triangle on the left and a red circle on the right.")
+    # colour of circle, square, triangle (0 = absent, else 1 + index in COLOURS), then their columns
+    assert stand_ins.scene_targets(scene) == [1, 0, 3, 3, 0, 1]
 
 
 def test_tower_loads_as_a_bunny_tower_with_centred_features(world, built):

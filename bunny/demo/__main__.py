@@ -45,7 +45,7 @@ class Settings:
     num_pretrain: int = 3000
     num_finetune: int = 6000
     num_eval: int = 400
-    tower_steps: int = 300
+    tower_steps: int = 600
     llm_steps: int = 200
     pretrain_batch_size: int = 32
     pretrain_lr: float = 1e-3
@@ -105,6 +105,7 @@ def make_data(directory: str, settings: Settings, seed: int) -> dict[str, str]:
 def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, seed: int) -> dict[str, Any]:
     from PIL import Image
 
+    from bunny.data import synthetic
     from bunny.demo import stand_ins
 
     with open(data["pretrain"]) as f:
@@ -123,8 +124,11 @@ def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, see
 
     llm_dir, tower_dir = os.path.join(directory, "phi-demo"), os.path.join(directory, "siglip-demo")
     tokenizer = stand_ins.train_tokenizer(texts + conversations, llm_dir)
-    images = [Image.open(os.path.join(data["image_folder"], sample["image"])).convert("RGB") for sample in pretrain]
-    tower_losses = stand_ins.pretrain_tower(images, captions, tokenizer, tower_dir, steps=settings.tower_steps, seed=seed)
+    # The tower learns from every training picture (pretraining and finetuning), each with its caption's scene.
+    pictures = sorted(picture_captions)
+    images = [Image.open(os.path.join(data["image_folder"], picture)).convert("RGB") for picture in pictures]
+    scenes = [synthetic.parse_caption(picture_captions[picture]) for picture in pictures]
+    tower_losses = stand_ins.pretrain_tower(images, scenes, tower_dir, steps=settings.tower_steps, seed=seed)
     llm_losses = stand_ins.pretrain_llm(conversations + captions, tokenizer, llm_dir, steps=settings.llm_steps, seed=seed)
     return {"llm": llm_dir, "tower": tower_dir, "losses": {"vision tower": tower_losses, "language model": llm_losses}}
 

@@ -3,9 +3,9 @@
 No model hub is reachable on a fresh machine, so the demo makes its own:
 - a byte-level BPE tokenizer trained with `tokenizers` on the data set's text (GPT-2 style, as
   phi-2's: no BOS, `<|endoftext|>` as eos/unk);
-- a SigLIP vision tower, pretrained with SigLIP's sigmoid image-caption loss against a small
-  SigLIP text tower (only the vision half is kept, as `SiglipVisionModel` + its image processor),
-  its penultimate-layer features centred (`centre_penultimate_features`);
+- a SigLIP vision tower (`SiglipVisionModel` + its image processor), pretrained to recognise the
+  shapes of a picture (each shape's colour and column), its penultimate-layer features centred
+  (`centre_penultimate_features`);
 - a phi-2-architecture LLM (`PhiForCausalLM`), pretrained with the causal LM loss on the data set's
   conversations rendered in the `bunny` template, each picture replaced by its caption.
 
@@ -23,11 +23,13 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from bunny.conversation import get_conv_template
+from bunny.data.synthetic import COLOURS, POSITIONS, SHAPES, Scene
 from bunny.util.mm_utils import pad_token_ids, process_images
 
 EOS = "<|endoftext|>"
@@ -42,8 +44,6 @@ class TowerSpec:
     intermediate_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
-    text_layers: int = 2
-    text_length: int = 32  # captions are padded to this many tokens (SigLIP pools the last one)
 
 
 @dataclass(frozen=True)
@@ -108,33 +108,41 @@ def _train(model: torch.nn.Module, loss: Any, batches: list[list[int]], lr: floa
     return losses
 
 
+def scene_targets(scene: Scene) -> list[int]:
+    """What the tower learns to name: for each kind of shape, its colour and its column (0 = absent)."""
+    items = {item.shape: item for item in scene}
+    colours = [list(COLOURS).index(items[s].colour) + 1 if s in items else 0 for s in SHAPES]
+    positions = [POSITIONS.index(items[s].position) + 1 if s in items else 0 for s in SHAPES]
+    return colours + positions
+
+
 def pretrain_tower(
     images: Sequence[Image.Image],
-    captions: Sequence[str],
-    tokenizer: Any,
+    scenes: Sequence[Scene],
     output_dir: str,
     spec: TowerSpec = TowerSpec(),
-    steps: int = 300,
+    steps: int = 600,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     seed: int = 0,
 ) -> list[float]:
-    """Train a SigLIP model on (image, caption) pairs with the sigmoid loss; save its vision tower."""
-    from transformers import SiglipConfig, SiglipModel, SiglipTextConfig, SiglipVisionConfig, SiglipVisionModel
+    """Train a SigLIP vision tower to recognise the shapes of each picture; save it with its processor.
+
+    The tower learns, from its pooled output, each shape's colour and column (`scene_targets`; one
+    classifier per question, dropped afterwards), the way a downloaded tower comes pretrained on
+    labelled pictures.
+    """
+    from transformers import SiglipVisionConfig, SiglipVisionModel
     from transformers.models.siglip import SiglipImageProcessorPil
 
     torch.manual_seed(seed)
-    vision = SiglipVisionConfig(
+    config = SiglipVisionConfig(
         hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
         num_attention_heads=spec.num_heads, image_size=spec.image_size, patch_size=spec.patch_size,
     )
-    text = SiglipTextConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.num_heads,
-        max_position_embeddings=spec.text_length, pad_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-    )
-    model = SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    tower = SiglipVisionModel(config)
+    classes = [len(COLOURS) + 1] * len(SHAPES) + [len(POSITIONS) + 1] * len(SHAPES)
+    heads = torch.nn.ModuleList(torch.nn.Linear(spec.hidden_size, n) for n in classes)
     # The mean is the pictures' background colour: background and the padding Bunny adds around a
     # picture (in the mean colour) both normalise to about zero, so the shapes stand out.
     processor = SiglipImageProcessorPil(
@@ -142,19 +150,15 @@ def pretrain_tower(
     )
     # Pictures are padded to a square the way Bunny feeds them (image_aspect_ratio "pad").
     pixels = process_images(images, processor, SimpleNamespace(image_aspect_ratio="pad"))  # [N, 3, S, S]
-    # [N, text_length]: captions padded with eos to a fixed length, as SigLIP's text tower expects
-    tokens = torch.full((len(captions), spec.text_length), tokenizer.eos_token_id)
-    for row, caption in enumerate(captions):
-        ids = tokenizer(caption)["input_ids"][: spec.text_length]
-        tokens[row, : len(ids)] = torch.tensor(ids)
+    targets = torch.tensor([scene_targets(scene) for scene in scenes])  # [N, 6]
 
     def loss(batch: list[int]) -> torch.Tensor:
-        return model(input_ids=tokens[batch], pixel_values=pixels[batch], return_loss=True).loss
+        pooled = tower(pixel_values=pixels[batch]).pooler_output  # [B, C]
+        return sum(F.cross_entropy(head(pooled), targets[batch, i]) for i, head in enumerate(heads))
 
-    losses = _train(model, loss, _batches(len(images), batch_size, steps, seed), lr, "vision tower (SigLIP loss)")
+    model = torch.nn.ModuleList([tower, heads])
+    losses = _train(model, loss, _batches(len(images), batch_size, steps, seed), lr, "vision tower (recognition)")
 
-    tower = SiglipVisionModel(vision)
-    tower.load_state_dict(model.vision_model.state_dict())
     centre_penultimate_features(tower, pixels[:512])
     tower.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
