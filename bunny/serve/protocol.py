@@ -1,0 +1,95 @@
+"""What the controller, the model workers and the web server share: the streaming wire format,
+request-body checks, logging and the timing constants.
+
+Streaming: an HTTP body of UTF-8 JSON objects, each followed by one NUL byte,
+    {"text": "<prompt + text so far>", "error_code": 0}\\0 ...
+read with `iter_lines(delimiter=b"\\0")`. Error codes: 1 the worker failed, 2 no worker serves the
+model, 3 the controller could not reach the worker (or lost it mid-stream).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from logging.handlers import TimedRotatingFileHandler
+from typing import Any, Iterator
+
+from bunny.util.utils import server_error_msg
+
+CONTROLLER_HEART_BEAT_EXPIRATION = 30.0  # seconds without a heart beat before a worker is dropped
+WORKER_HEART_BEAT_INTERVAL = 15.0
+WORKER_REQUEST_TIMEOUT = 5.0  # seconds to connect to / hear from a worker or the controller
+
+ERROR_WORKER = 1
+ERROR_NO_WORKER = 2
+ERROR_UNREACHABLE = 3
+
+
+class PayloadError(ValueError):
+    """A request body the server can't use; the message names the field. Answered with HTTP 400."""
+
+
+def encode_chunk(text: str, error_code: int = 0) -> bytes:
+    return json.dumps({"text": text, "error_code": error_code}).encode() + b"\0"
+
+
+def error_chunk(error_code: int) -> bytes:
+    return encode_chunk(server_error_msg, error_code)
+
+
+def iter_chunks(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    """Decode a NUL-delimited stream (`response.iter_lines(delimiter=b"\\0")`), skipping empty pieces."""
+    for line in lines:
+        if line:
+            yield json.loads(line.decode())
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a PayloadError saying what is wrong with it."""
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PayloadError(f"the request body is not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise PayloadError(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """`body[name]`, checked against `kind`; missing without a default is a PayloadError."""
+    if name not in body or body[name] is None:
+        if default is ...:
+            raise PayloadError(f"the request body has no {name!r}")
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int in Python; a number field must not accept true/false
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise PayloadError(f"{name!r} must be {names}, got {json.dumps(value)[:80]}")
+    return value
+
+
+def log_directory() -> str:
+    """Where servers write logs: `gradio-logs/` under the working directory, as in the original
+    (`BUNNY_LOGDIR` overrides it)."""
+    return os.environ.get("BUNNY_LOGDIR", "gradio-logs")
+
+
+def build_logger(name: str, filename: str) -> logging.Logger:
+    """A logger writing to the terminal and to `<log directory>/<filename>`, rotated daily (UTC)."""
+    logger = logging.getLogger(name)
+    if logger.handlers:
+        return logger
+    logger.setLevel(logging.INFO)
+    formatter = logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s", "%Y-%m-%d %H:%M:%S")
+    os.makedirs(log_directory(), exist_ok=True)
+    for handler in (
+        logging.StreamHandler(sys.stderr),
+        TimedRotatingFileHandler(os.path.join(log_directory(), filename), when="D", utc=True, encoding="utf-8"),
+    ):
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return logger
