@@ -253,5 +253,14 @@ def train(argv: list[str] | None = None) -> BunnyTrainer:
     return trainer
 
 
-if __name__ == "__main__":
+def main() -> None:
     train()
+    # Leave the process group explicitly: left to interpreter exit, the CPU (gloo/shm) teardown of a
+    # two-process ZeRO-3 run sometimes aborts a rank after training has finished.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
