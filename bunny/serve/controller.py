@@ -30,8 +30,8 @@ import requests
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from bunny.constants import CONTROLLER_HEART_BEAT_EXPIRATION
 from bunny.serve.protocol import (
-    CONTROLLER_HEART_BEAT_EXPIRATION,
     ERROR_NO_WORKER,
     ERROR_UNREACHABLE,
     WORKER_REQUEST_TIMEOUT,
@@ -192,7 +192,9 @@ class Controller:
         """The live status of all workers together, so that this controller can serve as a worker."""
         model_names: set[str] = set()
         speed, queue_length = 0.0, 0
-        for name in list(self.workers):
+        with self.lock:
+            names = list(self.workers)
+        for name in names:
             try:
                 status = self.get_worker_status(name)
             except RuntimeError as err:

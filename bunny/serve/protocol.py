@@ -1,5 +1,5 @@
 """What the controller, the model workers and the web server share: the streaming wire format,
-request-body checks, logging and the timing constants.
+request-body checks, logging and the request timeout (the heart-beat timings are in bunny.constants).
 
 Streaming: an HTTP body of UTF-8 JSON objects, each followed by one NUL byte,
     {"text": "<prompt + text so far>", "error_code": 0}\\0 ...
@@ -16,10 +16,9 @@ import sys
 from logging.handlers import TimedRotatingFileHandler
 from typing import Any, Iterator
 
+from bunny.constants import LOGDIR
 from bunny.util.utils import server_error_msg
 
-CONTROLLER_HEART_BEAT_EXPIRATION = 30.0  # seconds without a heart beat before a worker is dropped
-WORKER_HEART_BEAT_INTERVAL = 15.0
 WORKER_REQUEST_TIMEOUT = 5.0  # seconds to connect to / hear from a worker or the controller
 
 ERROR_WORKER = 1
@@ -73,9 +72,9 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
 
 
 def log_directory() -> str:
-    """Where servers write logs: `gradio-logs/` under the working directory, as in the original
+    """Where servers write logs: `LOGDIR` under the working directory, as in the original
     (`BUNNY_LOGDIR` overrides it)."""
-    return os.environ.get("BUNNY_LOGDIR", "gradio-logs")
+    return os.environ.get("BUNNY_LOGDIR", LOGDIR)
 
 
 def build_logger(name: str, filename: str) -> logging.Logger:
