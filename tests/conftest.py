@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from servers import processes  # noqa: F401 - the fixture that starts servers on loopback
 from tiny import FIXTURES, save_clip_tower, save_eva_tower, save_siglip_tower
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +20,7 @@ import requests
 from bunny.serve.controller import Controller, create_app
 from bunny.serve.protocol import iter_chunks
 from bunny.util.utils import server_error_msg
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+from servers import HERE, REPO, free_port, stream
 
 
 @pytest.fixture(autouse=True)
@@ -146,50 +143,6 @@ def test_registering_an_unreachable_worker_is_refused_with_its_name(client):
 
 
 # -- real processes on loopback --------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(argv: list[str], url: str, env: dict, probe: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{argv} exited: {process.stderr.read().decode()[-2000:]}")
-        try:
-            requests.post(url + probe, timeout=1)
-            return process
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{argv} did not start listening on {url}")
-
-
-@pytest.fixture()
-def processes(tmp_path):
-    env = dict(os.environ, BUNNY_LOGDIR=str(tmp_path / "logs"), PYTHONPATH=REPO)
-    started: list[subprocess.Popen] = []
-
-    def launch(argv: list[str], probe: str) -> str:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        started.append(start([*argv, "--port", str(port)], url, env, probe))
-        return url
-
-    yield launch, started, env
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
-
-def stream(url: str, payload: dict) -> list[dict]:
-    with requests.post(url + "/worker_generate_stream", json=payload, stream=True, timeout=30) as response:
-        return list(iter_chunks(response.iter_lines(delimiter=b"\0")))
-
-
 def test_controller_relays_worker_streams_and_survives_a_worker_killed_mid_stream(processes):
     launch, started, env = processes
     controller = launch(["-m", "bunny.serve.controller", "--heart-beat-expiration", "60"], "/list_models")

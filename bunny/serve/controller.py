@@ -180,7 +180,8 @@ class Controller:
             with requests.post(
                 address + "/worker_generate_stream", json=params, stream=True, timeout=WORKER_REQUEST_TIMEOUT
             ) as response:
-                response.raise_for_status()
+                if response.status_code != 400:  # a 400 is the worker refusing the request: its chunk says why
+                    response.raise_for_status()
                 for chunk in response.iter_lines(delimiter=b"\0"):
                     if chunk:
                         yield chunk + b"\0"

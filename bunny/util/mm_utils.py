@@ -28,10 +28,18 @@ Image.MAX_IMAGE_PIXELS = 89_478_485
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 
-def _open_image(data: BytesIO, source: str) -> Image.Image:
+def _open_image(data: BytesIO, source: str, max_pixels: int | None = None) -> Image.Image:
     try:
         image = Image.open(data)
+        # The header gives the size; refuse before decoding anything.
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageLoadError(
+                f"{source} is too large to decode safely: {image.width}x{image.height} pixels, "
+                f"more than the limit of {max_pixels}"
+            )
         image.load()
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError as err:
         raise ImageLoadError(f"{source} is not a readable image (unknown or corrupt image format)") from err
     except Image.DecompressionBombError as err:
@@ -41,33 +49,40 @@ def _open_image(data: BytesIO, source: str) -> Image.Image:
     return image
 
 
-def load_image(image_file: str, timeout: float = 10.0) -> Image.Image:
-    """Open a local path or an http(s) URL as an RGB image, with an error naming the file and the cause."""
+def load_image(
+    image_file: str, timeout: float = 10.0, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int | None = None
+) -> Image.Image:
+    """Open a local path or an http(s) URL as an RGB image, with an error naming the file and the cause.
+
+    A download stops after `timeout` seconds without data and at `max_bytes`; an image of more than
+    `max_pixels` pixels is refused before it is decoded.
+    """
     if image_file.startswith(("http://", "https://")):
         import requests
 
         try:
             response = requests.get(image_file, timeout=timeout, stream=True)
             response.raise_for_status()
-            content = response.raw.read(MAX_IMAGE_BYTES + 1, decode_content=True)
-        except requests.RequestException as err:
+            content = response.raw.read(max_bytes + 1, decode_content=True)
+        except (requests.RequestException, OSError) as err:
             raise ImageLoadError(f"could not fetch image {image_file}: {err}") from err
-        if len(content) > MAX_IMAGE_BYTES:
-            raise ImageLoadError(f"image {image_file} is larger than {MAX_IMAGE_BYTES} bytes")
-        return _open_image(BytesIO(content), f"image {image_file}").convert("RGB")
+        if len(content) > max_bytes:
+            raise ImageLoadError(f"image {image_file} is larger than {max_bytes} bytes")
+        return _open_image(BytesIO(content), f"image {image_file}", max_pixels).convert("RGB")
     if not os.path.isfile(image_file):
         raise ImageLoadError(f"image file not found: {image_file}")
     with open(image_file, "rb") as f:
         content = f.read()
-    return _open_image(BytesIO(content), f"image file {image_file}").convert("RGB")
+    return _open_image(BytesIO(content), f"image file {image_file}", max_pixels).convert("RGB")
 
 
-def load_image_from_base64(image: str) -> Image.Image:
+def load_image_from_base64(image: str, source: str = "base64 image", max_pixels: int | None = None) -> Image.Image:
+    """Decode a base64 string (no data-URL prefix) into an image; errors name `source` and the cause."""
     try:
         data = base64.b64decode(image, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise ImageLoadError(f"image is not valid base64: {err}") from err
-    return _open_image(BytesIO(data), "base64 image")
+        raise ImageLoadError(f"{source} is not valid base64: {err}") from err
+    return _open_image(BytesIO(data), source, max_pixels)
 
 
 def expand2square(pil_img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:

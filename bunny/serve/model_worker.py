@@ -1,0 +1,479 @@
+"""A model worker: one Bunny model behind HTTP, registered with a controller, streaming its answers.
+
+Run as (after the controller; the README's `--controller`/`--worker` abbreviations work):
+    python -m bunny.serve.model_worker --controller-address http://localhost:21001 --port 40000 \\
+        --worker-address http://localhost:40000 --model-path PATH --model-type phi-2 [--device cpu]
+
+Endpoints:
+- POST /worker_get_status, POST /worker_generate_stream: the original's, with its NUL-delimited JSON
+  stream (`bunny.serve.protocol`); every chunk holds the prompt followed by the reply so far.
+- POST /v1/chat/completions, GET /v1/models: the OpenAI chat API (`bunny.serve.openai_api`).
+
+Requests that wait together are generated as one batch (`bunny.serve.batching`); with greedy
+decoding each gets exactly the answer it would get alone.
+
+Differences from the original, on purpose:
+- it binds 127.0.0.1 unless --host says otherwise;
+- the streamed text is the model's text (the original put a space before every streamed piece
+  that did not start with one), and each sequence stops on its own stop string;
+- a request the worker can't use (invalid base64, not an image, an image too large to decode
+  safely, more `<image>` markers than images, a parameter out of range) is answered with HTTP 400
+  and one chunk `{"text": <the cause>, "error_code": 1}` instead of a generic error mid-stream;
+- a client that goes away mid-stream stops its generation at the next token;
+- `--heart-beat-interval` (seconds) makes heart beats testable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator, Sequence
+
+import requests
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from bunny.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX, WORKER_HEART_BEAT_INTERVAL
+from bunny.conversation import get_conv_template
+from bunny.serve import openai_api
+from bunny.serve.batching import BatchGenerator, Chunk, Done, Event, Failed, GenerationRequest
+from bunny.serve.generation import resolve_conv_mode
+from bunny.serve.protocol import (
+    ERROR_WORKER,
+    WORKER_REQUEST_TIMEOUT,
+    PayloadError,
+    build_logger,
+    encode_chunk,
+    error_chunk,
+    field,
+    parse_body,
+)
+from bunny.util.mm_utils import (
+    MAX_IMAGE_BYTES,
+    ImageLoadError,
+    load_image,
+    load_image_from_base64,
+    process_images,
+    tokenizer_image_token,
+)
+
+MAX_NEW_TOKENS = 1024  # the most a request may ask for, as in the original
+MAX_IMAGE_PIXELS = 40_000_000  # larger pictures are refused before they are decoded
+TOO_LONG_TEXT = "Exceeds max token length. Please start a new conversation, thanks."
+DATA_URL = re.compile(r"data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,(?P<data>.*)", re.DOTALL)
+
+
+def check_markers(prompt: str, num_images: int) -> None:
+    markers = prompt.count(DEFAULT_IMAGE_TOKEN)
+    if markers != num_images:
+        raise PayloadError(f"the prompt has {markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} images were sent")
+
+
+class ModelWorker:
+    """A loaded model, its batching generator, and its registration with a controller."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: Any,
+        image_processor: Any,
+        context_len: int,
+        model_name: str,
+        model_type: str,
+        controller_address: str | None = None,
+        worker_address: str | None = None,
+        limit_model_concurrency: int = 5,
+        heart_beat_interval: float = WORKER_HEART_BEAT_INTERVAL,
+        batch_window: float = 0.01,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        image_fetch_timeout: float = 10.0,
+    ) -> None:
+        self.worker_id = uuid.uuid4().hex[:6]
+        self.logger = build_logger("model_worker", f"model_worker_{self.worker_id}.log")
+        self.tokenizer, self.model, self.image_processor = tokenizer, model, image_processor
+        self.context_len = context_len
+        self.model_name, self.model_type = model_name, model_type
+        self.conv_mode = resolve_conv_mode(model_type)
+        self.stop_str = get_conv_template(self.conv_mode).stop_str
+        self.controller_address = controller_address.rstrip("/") if controller_address else None
+        self.worker_address = worker_address
+        self.limit_model_concurrency = limit_model_concurrency
+        self.heart_beat_interval = heart_beat_interval
+        self.max_image_pixels, self.max_image_bytes = max_image_pixels, max_image_bytes
+        self.image_fetch_timeout = image_fetch_timeout
+        tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
+        self.image_tokens = tower.num_patches if tower is not None else 0
+        self.engine = BatchGenerator(model, tokenizer, max_batch_size=limit_model_concurrency, batch_window=batch_window)
+        self.semaphore: asyncio.Semaphore | None = None
+        self.global_counter = 0
+        self.started = int(time.time())
+
+    # -- the controller ----------------------------------------------------------------------------
+    def register_to_controller(self) -> None:
+        """Register with the controller; a refusal or no answer is a RuntimeError naming it."""
+        payload = {"worker_name": self.worker_address, "check_heart_beat": True, "worker_status": self.get_status()}
+        try:
+            response = requests.post(
+                self.controller_address + "/register_worker", json=payload, timeout=WORKER_REQUEST_TIMEOUT
+            )
+        except requests.RequestException as err:
+            raise RuntimeError(f"cannot reach the controller at {self.controller_address}: {err}") from None
+        if response.status_code != 200:
+            raise RuntimeError(f"the controller at {self.controller_address} refused this worker: {response.text}")
+        self.logger.info(f"Registered with {self.controller_address} as {self.worker_address}")
+
+    def send_heart_beat(self) -> None:
+        """Tell the controller we are alive (and how busy); re-register if it forgot us. Retries until heard."""
+        while True:
+            try:
+                response = requests.post(
+                    self.controller_address + "/receive_heart_beat",
+                    json={"worker_name": self.worker_address, "queue_length": self.get_queue_length()},
+                    timeout=WORKER_REQUEST_TIMEOUT,
+                )
+                exist = response.json()["exist"]
+                break
+            except (requests.RequestException, ValueError, KeyError, TypeError) as err:
+                self.logger.warning(f"heart beat to {self.controller_address} failed: {err}")
+            time.sleep(5)
+        if not exist:
+            try:
+                self.register_to_controller()
+            except RuntimeError as err:
+                self.logger.warning(str(err))
+
+    def start_heart_beats(self) -> threading.Thread:
+        def loop() -> None:
+            while True:
+                time.sleep(self.heart_beat_interval)
+                self.send_heart_beat()
+
+        thread = threading.Thread(target=loop, name="heart-beat", daemon=True)
+        thread.start()
+        return thread
+
+    def beat_now(self) -> None:
+        """An extra heart beat (queue length changed), in the background so no request waits for it."""
+        if self.controller_address:
+            threading.Thread(target=self.send_heart_beat, daemon=True).start()
+
+    def get_queue_length(self) -> int:
+        if self.semaphore is None:
+            return 0
+        # as the original: slots taken plus requests waiting for one
+        waiters = len(getattr(self.semaphore, "_waiters", None) or ())
+        return self.limit_model_concurrency - self.semaphore._value + waiters
+
+    def get_status(self) -> dict[str, Any]:
+        return {"model_names": [self.model_name], "speed": 1, "queue_length": self.get_queue_length()}
+
+    # -- requests ----------------------------------------------------------------------------------
+    def budget(self, input_ids: torch.Tensor, num_images: int, wanted: int | None) -> tuple[int, int]:
+        """(max new tokens allowed, prompt length in model positions) for a prompt with `num_images` images."""
+        prompt_tokens = len(input_ids) - num_images + num_images * self.image_tokens
+        room = self.context_len - prompt_tokens
+        return min(wanted or MAX_NEW_TOKENS, MAX_NEW_TOKENS, room), prompt_tokens
+
+    def pixel_values(self, images: list[Any]) -> list[torch.Tensor]:
+        if not images:
+            return []
+        if self.image_processor is None:
+            raise PayloadError(f"model {self.model_name} has no vision tower; send no images")
+        processed = process_images(images, self.image_processor, self.model.config)
+        return list(processed)
+
+    def open_url(self, url: str, where: str) -> Any:
+        """An image from a data URL or an http(s) URL (fetched with the size limit and timeout)."""
+        if url.startswith("data:"):
+            match = DATA_URL.fullmatch(url)
+            if match is None:
+                raise PayloadError(f"{where}: a data URL must be of the form data:image/...;base64,<data>")
+            return load_image_from_base64(match["data"], where, self.max_image_pixels).convert("RGB")
+        if url.startswith(("http://", "https://")):
+            return load_image(url, self.image_fetch_timeout, self.max_image_bytes, self.max_image_pixels)
+        raise PayloadError(f"{where}: the image URL must be a data: or http(s) URL, got {url[:40]!r}")
+
+    def make_request(self, prompt: str, images: list[Any], **settings: Any) -> GenerationRequest:
+        check_markers(prompt, len(images))
+        input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        return GenerationRequest(input_ids=input_ids, pixel_values=self.pixel_values(images), **settings)
+
+    def prepare_native(self, params: dict[str, Any]) -> tuple[str, GenerationRequest | None]:
+        """Check a /worker_generate_stream body and decode its images. Returns the prompt and the
+        request, or no request when the prompt leaves no room to answer."""
+        prompt = field(params, "prompt", str)
+        encoded = field(params, "images", list, [])
+        check_markers(prompt, len(encoded))
+        images = []
+        for i, data in enumerate(encoded):
+            if not isinstance(data, str):
+                raise PayloadError(f"images[{i}] must be a base64 string")
+            try:
+                images.append(load_image_from_base64(data, f"images[{i}]", self.max_image_pixels).convert("RGB"))
+            except ImageLoadError as err:
+                raise PayloadError(str(err)) from None
+        temperature = openai_api.number(params, "temperature", 1.0, 0.0, 2.0)
+        top_p = openai_api.number(params, "top_p", 1.0, 0.0, 1.0)
+        repetition_penalty = openai_api.number(params, "repetition_penalty", 1.0, 0.01, 10.0)
+        wanted = field(params, "max_new_tokens", int, 256)
+        if wanted < 1:
+            raise PayloadError(f"'max_new_tokens' must be at least 1, got {wanted}")
+        stop = params.get("stop")
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise PayloadError("'stop' must be a string or a list of strings")
+        request = self.make_request(
+            prompt, images, max_new_tokens=1, temperature=temperature, top_p=top_p,
+            repetition_penalty=repetition_penalty, stop=[s for s in stop if s],
+        )
+        request.max_new_tokens, _ = self.budget(request.input_ids, len(images), wanted)
+        return prompt, (request if request.max_new_tokens >= 1 else None)
+
+    def prepare_chat(self, body: dict[str, Any]) -> tuple[openai_api.ChatRequest, GenerationRequest, int]:
+        """Check an OpenAI chat body, fetch its images. Returns it, the generation request and the prompt length."""
+        try:
+            chat = openai_api.parse_chat_request(body, self.conv_mode)
+        except PayloadError as err:
+            raise openai_api.APIError(400, str(err)) from None
+        if chat.model != self.model_name:
+            raise openai_api.APIError(
+                404, f"The model {chat.model!r} does not exist; this worker serves {self.model_name!r}",
+                param="model", code="model_not_found",
+            )
+        images = []
+        for where, url in chat.image_urls:
+            try:
+                images.append(self.open_url(url, where))
+            except (ImageLoadError, PayloadError) as err:
+                raise openai_api.APIError(400, str(err), param=where) from None
+        try:
+            request = self.make_request(
+                chat.prompt, images, max_new_tokens=1, temperature=chat.temperature, top_p=chat.top_p,
+                stop=chat.stop + [self.stop_str],
+            )
+        except PayloadError as err:
+            raise openai_api.APIError(400, str(err)) from None
+        request.max_new_tokens, prompt_tokens = self.budget(request.input_ids, len(images), chat.max_tokens)
+        if request.max_new_tokens < 1:
+            raise openai_api.APIError(
+                400, f"The prompt takes {prompt_tokens} positions; the model's context is {self.context_len}",
+                param="messages", code="context_length_exceeded",
+            )
+        return chat, request, prompt_tokens
+
+    async def events(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Submit `request` and yield its events; leaving early (a client gone) cancels it."""
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:  # called in the generation thread
+            if isinstance(event, Done) and event.finish_reason == "cancelled":
+                self.logger.info(f"generation stopped after {event.completion_tokens} tokens: the client went away")
+            loop.call_soon_threadsafe(inbox.put_nowait, event)
+
+        request.sink = sink
+        self.engine.submit(request)
+        finished = False
+        try:
+            while True:
+                event = await inbox.get()
+                finished = not isinstance(event, Chunk)
+                yield event
+                if finished:
+                    return
+        finally:
+            if not finished:
+                request.cancel()
+
+    async def slot(self) -> None:
+        """Wait for one of the --limit-model-concurrency slots."""
+        self.global_counter += 1
+        if self.semaphore is None:
+            self.semaphore = asyncio.Semaphore(self.limit_model_concurrency)
+        await self.semaphore.acquire()
+        self.beat_now()
+
+    def release(self) -> None:
+        self.semaphore.release()
+        self.beat_now()
+
+
+def create_app(worker: ModelWorker) -> FastAPI:
+    """The FastAPI app serving `worker`."""
+    app = FastAPI(title="Bunny model worker")
+
+    @app.exception_handler(PayloadError)
+    async def bad_payload(request: Request, err: PayloadError) -> Response:
+        worker.logger.info(f"{request.url.path}: refused: {err}")
+        return Response(encode_chunk(str(err), ERROR_WORKER), status_code=400)
+
+    @app.exception_handler(openai_api.APIError)
+    async def api_error(request: Request, err: openai_api.APIError) -> JSONResponse:
+        worker.logger.info(f"{request.url.path}: refused: {err.message}")
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.post("/worker_get_status")
+    async def worker_get_status() -> Any:
+        return worker.get_status()
+
+    @app.post("/worker_generate_stream")
+    async def worker_generate_stream(request: Request) -> Any:
+        params = parse_body(await request.body())
+        prompt, generation = await run_in_threadpool(worker.prepare_native, params)
+        if generation is None:
+            return Response(encode_chunk(prompt + TOO_LONG_TEXT))
+        await worker.slot()
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                async for event in worker.events(generation):
+                    if isinstance(event, Failed):
+                        worker.logger.error(f"generation failed: {event.message}")
+                        yield error_chunk(ERROR_WORKER)
+                    elif not (isinstance(event, Done) and event.finish_reason == "cancelled"):
+                        yield encode_chunk(prompt + event.text)
+            finally:
+                worker.release()
+
+        return StreamingResponse(stream())
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return openai_api.models_list(worker.model_name, worker.started)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        try:
+            body = parse_body(await request.body())
+        except PayloadError as err:
+            raise openai_api.APIError(400, str(err)) from None
+        chat, generation, prompt_tokens = await run_in_threadpool(worker.prepare_chat, body)
+        await worker.slot()
+        if not chat.stream:
+            try:
+                async for event in worker.events(generation):
+                    if isinstance(event, Failed):
+                        raise openai_api.APIError(500, f"generation failed: {event.message}")
+                    if isinstance(event, Done):
+                        return openai_api.completion(chat, event.text, event.finish_reason, prompt_tokens, event.completion_tokens)
+            finally:
+                worker.release()
+
+        async def stream() -> AsyncIterator[bytes]:
+            sent = ""
+            try:
+                yield openai_api.chunk(chat, {"role": "assistant", "content": ""})
+                async for event in worker.events(generation):
+                    if isinstance(event, Failed):
+                        error = openai_api.APIError(500, f"generation failed: {event.message}")
+                        yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+                        break
+                    if event.text != sent:
+                        yield openai_api.chunk(chat, {"content": event.text[len(sent):]})
+                        sent = event.text
+                    if isinstance(event, Done):
+                        yield openai_api.chunk(chat, {}, event.finish_reason)
+                        if chat.include_usage:
+                            yield openai_api.chunk(chat, None, usage=openai_api.usage(prompt_tokens, event.completion_tokens))
+                yield openai_api.DONE
+            finally:
+                worker.release()
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bunny.model.backbones import MODEL_TYPES
+
+    parser = argparse.ArgumentParser(prog="python -m bunny.serve.model_worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other machines)")
+    parser.add_argument("--port", type=int, default=21002, help="port to listen on")
+    parser.add_argument(
+        "--worker-address", "--worker", default="http://localhost:21002", help="URL the controller reaches this worker at"
+    )
+    parser.add_argument("--controller-address", "--controller", default="http://localhost:21001", help="URL of the controller")
+    parser.add_argument("--model-path", required=True, help="checkpoint directory or hub id")
+    parser.add_argument("--model-base", default=None, help="base LLM, for LoRA or projector-only checkpoints")
+    parser.add_argument("--model-name", default=None, help="name to serve the model under (default: from the path)")
+    parser.add_argument("--model-type", required=True, choices=MODEL_TYPES, help="the LLM back-end of the checkpoint")
+    parser.add_argument("--device", default="cuda", help="torch device, e.g. cuda, cuda:1, cpu")
+    parser.add_argument("--multi-modal", action="store_true", help="deprecated: every Bunny model is multimodal")
+    parser.add_argument(
+        "--limit-model-concurrency", type=int, default=5,
+        help="requests generated at once (the largest batch); more wait in a queue",
+    )
+    parser.add_argument("--stream-interval", type=int, default=1, help="unused; kept for the original's scripts")
+    parser.add_argument("--no-register", action="store_true", help="do not register with a controller")
+    parser.add_argument("--load-8bit", action="store_true", help="load the LLM in 8 bit (bitsandbytes)")
+    parser.add_argument("--load-4bit", action="store_true", help="load the LLM in 4 bit NF4 (bitsandbytes)")
+    parser.add_argument(
+        "--heart-beat-interval", type=float, default=WORKER_HEART_BEAT_INTERVAL, help="seconds between heart beats"
+    )
+    parser.add_argument(
+        "--batch-window", type=float, default=0.01, help="seconds a request waits for others to batch with"
+    )
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="larger images are refused before decoding"
+    )
+    parser.add_argument("--max-image-bytes", type=int, default=MAX_IMAGE_BYTES, help="largest image URL download")
+    parser.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds to wait for an image URL")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import uvicorn
+
+    from bunny.model.builder import load_pretrained_model
+    from bunny.serve.cli import device_problem, model_path_problem
+    from bunny.util.mm_utils import get_model_name_from_path
+    from bunny.util.utils import disable_torch_init
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.model_path = args.model_path.rstrip("/") or args.model_path
+    for problem in (device_problem(args.device), model_path_problem(args.model_path)):
+        if problem is not None:
+            parser.error(problem)
+    if args.limit_model_concurrency < 1:
+        parser.error("--limit-model-concurrency must be at least 1")
+    model_name = args.model_name or get_model_name_from_path(args.model_path)
+    disable_torch_init()
+    tokenizer, model, image_processor, context_len = load_pretrained_model(
+        args.model_path, args.model_base, model_name, args.model_type, args.load_8bit, args.load_4bit, device=args.device,
+    )
+    worker = ModelWorker(
+        tokenizer, model, image_processor, context_len, model_name, args.model_type,
+        controller_address=None if args.no_register else args.controller_address,
+        worker_address=args.worker_address,
+        limit_model_concurrency=args.limit_model_concurrency,
+        heart_beat_interval=args.heart_beat_interval,
+        batch_window=args.batch_window,
+        max_image_pixels=args.max_image_pixels,
+        max_image_bytes=args.max_image_bytes,
+        image_fetch_timeout=args.image_fetch_timeout,
+    )
+    worker.logger.info(f"args: {args}")
+    if args.multi_modal:
+        worker.logger.warning("--multi-modal is deprecated: every Bunny model is multimodal")
+    worker.engine.start()
+    if not args.no_register:
+        try:
+            worker.register_to_controller()
+        except RuntimeError as err:
+            raise SystemExit(f"model_worker: {err}")
+        worker.start_heart_beats()
+    uvicorn.run(create_app(worker), host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Starting the serving processes on loopback for tests: free ports, waiting until they listen, cleanup."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import pytest
+import requests
+
+from bunny.serve.protocol import iter_chunks
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(
+    argv: list[str], url: str, env: dict, probe: str, cwd: str = REPO, method: str = "post", log: str = os.devnull
+) -> subprocess.Popen:
+    """Start `python argv...` (output to `log`) and wait until `url + probe` answers (up to 120 s)."""
+    with open(log, "ab") as output:
+        process = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            tail = open(log, errors="replace").read()[-3000:] if log != os.devnull else ""
+            raise RuntimeError(f"{argv} exited: {tail}")
+        try:
+            requests.request(method, url + probe, timeout=2)
+            return process
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{argv} did not start listening on {url}")
+
+
+@pytest.fixture()
+def processes(tmp_path) -> Iterator:
+    """`launch(argv, probe, cwd=REPO)` starts a server on a free port and returns its URL; "{port}"
+    and "{url}" in argv are filled in and "--port" is added unless argv has it. All are killed at the end."""
+    env = dict(os.environ, BUNNY_LOGDIR=str(tmp_path / "logs"), PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false")
+    started: list[subprocess.Popen] = []
+
+    def launch(argv: list[str], probe: str, cwd: str = REPO, method: str = "post") -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        argv = [a.format(port=port, url=url) for a in argv]
+        if "--port" not in argv:
+            argv += ["--port", str(port)]
+        log = str(tmp_path / f"server-{len(started)}.log")
+        started.append(start(argv, url, env, probe, cwd, method, log))
+        return url
+
+    yield launch, started, env
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def stream(url: str, payload: dict, timeout: float = 60) -> list[dict]:
+    """The chunks of a /worker_generate_stream answer (any HTTP status)."""
+    with requests.post(url + "/worker_generate_stream", json=payload, stream=True, timeout=timeout) as response:
+        return list(iter_chunks(response.iter_lines(delimiter=b"\0")))
