@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench clean
+.PHONY: test demo serve bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,14 @@ test: $(STAMP)
 # chat; results in outputs/demo (metrics.json, losses.png).
 demo: $(STAMP)
 	$(PY) -m bunny.demo --output-dir outputs/demo
+
+# Controller + one model worker on the demo's checkpoint (trained first if absent) + the web page;
+# prints the page's URL. SERVE_FLAGS="--device cuda" serves from a GPU.
+DEMO_CHECKPOINT := outputs/demo/checkpoints/bunny-phi-2
+SERVE_FLAGS ?=
+serve: $(STAMP)
+	test -f $(DEMO_CHECKPOINT)/config.json || $(MAKE) demo
+	$(PY) -m bunny.serve.launch --model-path $(DEMO_CHECKPOINT) --model-type phi-2 --device cpu $(SERVE_FLAGS)
 
 bench: $(STAMP)
 	$(PY) bench/inference.py

@@ -127,7 +127,8 @@ def test_a_prompt_longer_than_the_context_gets_the_original_single_chunk(client)
 
 
 def test_status_reports_the_model_and_an_empty_queue(client):
-    assert client.post("/worker_get_status").json() == {"model_names": ["bunny-phi-2"], "speed": 1, "queue_length": 0}
+    status = {"model_names": ["bunny-phi-2"], "speed": 1, "queue_length": 0, "conv_mode": "bunny"}
+    assert client.post("/worker_get_status").json() == status
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from transformers import StoppingCriteria
 
-from bunny.serve.generation import generation_kwargs, to_model_inputs
+from bunny.serve.generation import generation_kwargs, stop_prefix_len, to_model_inputs
 from bunny.util.mm_utils import pad_token_ids
 
 logger = logging.getLogger(__name__)
@@ -89,17 +89,6 @@ class GenerationRequest:
                 return
 
 
-def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of `text` that could still grow into one of `stops`."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(text), len(stop) - 1), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
-
-
 class _Row:
     """One request's decoding state inside a batch."""
 
@@ -149,7 +138,7 @@ class _StreamRows(StoppingCriteria):
             return
         # Hold back an incomplete character and what may be the start of a stop string.
         shown = text.rstrip("\ufffd")
-        shown = shown[: len(shown) - _stop_prefix_len(shown, request.stop)]
+        shown = shown[: len(shown) - stop_prefix_len(shown, request.stop)]
         if shown != row.sent and shown.startswith(row.sent):
             row.sent = shown
             request.sink(Chunk(shown))

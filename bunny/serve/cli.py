@@ -51,6 +51,7 @@ from bunny.serve.generation import (
     clean_reply,
     generation_kwargs,
     resolve_conv_mode,
+    stop_prefix_len,
     to_model_inputs,
 )
 from bunny.util.utils import disable_torch_init
@@ -86,14 +87,6 @@ def model_path_problem(model_path: str) -> str | None:
 # ---------------------------------------------------------------- streaming
 
 
-def _stop_prefix_len(text: str, stop_str: str) -> int:
-    """Length of the longest end of `text` that is a proper beginning of `stop_str`."""
-    for size in range(min(len(text), len(stop_str) - 1), 0, -1):
-        if text.endswith(stop_str[:size]):
-            return size
-    return 0
-
-
 class StopStringStreamer(TextStreamer):
     """`TextStreamer(skip_prompt=True, skip_special_tokens=True)` that prints nothing from the stop string on.
 
@@ -114,7 +107,7 @@ class StopStringStreamer(TextStreamer):
                 text = text[: text.index(self.stop_str)]
                 self.stopped = True
             elif self.stop_str and not stream_end:
-                keep = _stop_prefix_len(text, self.stop_str)
+                keep = stop_prefix_len(text, [self.stop_str])
                 if keep:
                     text, self.held = text[:-keep], text[-keep:]
             print(text, end="", flush=True)

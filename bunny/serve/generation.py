@@ -64,6 +64,17 @@ def clean_reply(text: str, stop_str: str | None) -> str:
     return text.strip()
 
 
+def stop_prefix_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of `text` that could still grow into one of `stops`."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(text), len(stop) - 1), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
 def to_model_inputs(images: torch.Tensor | list[torch.Tensor], model: Any) -> torch.Tensor | list[torch.Tensor]:
     """Processed images on the model's device and in its dtype (a list when the shapes differ)."""
     if isinstance(images, list):

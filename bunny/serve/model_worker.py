@@ -173,7 +173,11 @@ class ModelWorker:
         return self.limit_model_concurrency - self.semaphore._value + waiters
 
     def get_status(self) -> dict[str, Any]:
-        return {"model_names": [self.model_name], "speed": 1, "queue_length": self.get_queue_length()}
+        # conv_mode (not in the original) tells the web server which template the model uses
+        return {
+            "model_names": [self.model_name], "speed": 1, "queue_length": self.get_queue_length(),
+            "conv_mode": self.conv_mode,
+        }
 
     # -- requests ----------------------------------------------------------------------------------
     def budget(self, input_ids: torch.Tensor, num_images: int, wanted: int | None) -> tuple[int, int]:
