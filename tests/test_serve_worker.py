@@ -203,6 +203,25 @@ def test_requests_that_wait_together_are_one_batch_and_each_gets_its_answer_alon
     assert all(r.finish_reason == "length" and r.completion_tokens == 10 for r in results)
 
 
+def test_a_batch_waits_for_a_request_still_being_prepared(loaded):
+    tokenizer, model, _, _ = loaded
+    engine = BatchGenerator(model, tokenizer, max_batch_size=8, batch_window=0.0, max_wait=5.0)
+    first, late = requests_for(loaded, [(PROMPT, IMAGES[:1]), (PROMPT, IMAGES[1:2])], max_new_tokens=3)
+
+    def prepare_slowly() -> None:
+        with engine.expecting():
+            ready.set()
+            time.sleep(0.3)  # decoding its images, say
+            engine.submit(late)
+
+    ready = threading.Event()
+    threading.Thread(target=prepare_slowly).start()
+    ready.wait()
+    engine.submit(first)
+    final(first), final(late)
+    assert engine.batch_sizes == [2]
+
+
 def test_rows_stop_on_their_own_and_settings_that_differ_go_to_separate_batches(loaded):
     tokenizer, model, _, _ = loaded
     engine = BatchGenerator(model, tokenizer, max_batch_size=8, batch_window=0.5)

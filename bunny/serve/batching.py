@@ -4,7 +4,9 @@ by one `generate` call, and each request streams its own text as its tokens come
 A request is a prompt (token ids with `IMAGE_TOKEN_INDEX` where its images go), its processed
 images and its generation settings. `BatchGenerator` runs one thread that takes the waiting
 requests, groups those whose sampling settings agree (up to `max_batch_size`), left-pads them into
-one batch and generates. Rows are independent: each stops on its own stop strings, its own
+one batch and generates. Before a batch starts it waits `batch_window` seconds for more requests,
+and up to `max_wait` for those still being prepared (`expecting`), so that requests that arrived
+together are generated together even when decoding their images takes a while. Rows are independent: each stops on its own stop strings, its own
 `max_new_tokens`, the end-of-sequence token, or when its client goes away (`cancel`), and with
 greedy decoding each gets exactly the tokens it would get alone (the core's batched generation).
 
@@ -18,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -156,6 +159,7 @@ class BatchGenerator:
 
     def __init__(
         self, model: Any, tokenizer: Any, max_batch_size: int = 8, batch_window: float = 0.01,
+        max_wait: float = 0.25, log: logging.Logger = logger,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -163,7 +167,10 @@ class BatchGenerator:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window
+        self.max_wait = max_wait
+        self._expected = 0  # requests being prepared (see `expecting`)
         self.batch_sizes: list[int] = []  # of every batch generated so far
+        self.log = log
         self._waiting: list[GenerationRequest] = []
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -185,15 +192,33 @@ class BatchGenerator:
                 self._thread = threading.Thread(target=self._loop, name="batch-generator", daemon=True)
                 self._thread.start()
 
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around the preparation of a request (decoding its images...) that will be submitted:
+        a batch about to start waits for it, up to `max_wait` seconds."""
+        with self._condition:
+            self._expected += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._expected -= 1
+                self._condition.notify()
+
     def _next_batch(self) -> list[GenerationRequest]:
-        """Wait for a request, give others `batch_window` seconds to join, and take the oldest
-        request with those of its sampling settings (the rest wait for the next batch)."""
+        """Wait for a request; give others `batch_window` seconds to join, and the requests still
+        being prepared up to `max_wait`; take the oldest request with those of its sampling
+        settings (the rest wait for the next batch)."""
         with self._condition:
             while not self._waiting:
                 self._condition.wait()
-            deadline = time.monotonic() + self.batch_window
-            while len(self._waiting) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
-                self._condition.wait(left)
+            start = time.monotonic()
+            while len(self._waiting) < self.max_batch_size:
+                now = time.monotonic()
+                limit = start + (self.max_wait if self._expected else self.batch_window)
+                if now >= limit:
+                    break
+                self._condition.wait(limit - now)
             key = self._waiting[0].sampling_key
             batch = [r for r in self._waiting if r.sampling_key == key][: self.max_batch_size]
             self._waiting = [r for r in self._waiting if not any(r is b for b in batch)]
@@ -210,7 +235,7 @@ class BatchGenerator:
             try:
                 self.generate(batch)
             except Exception as err:  # noqa: BLE001 - every request must hear of the failure
-                logger.exception("generation failed for a batch of %d", len(batch))
+                self.log.exception(f"generation failed for a batch of {len(batch)}")
                 for request in batch:
                     request.sink(Failed(f"{type(err).__name__}: {err}"))
 
@@ -227,6 +252,7 @@ class BatchGenerator:
             images = to_model_inputs(torch.stack(pixel_values) if same else pixel_values, model)
         do_sample, temperature, top_p, repetition_penalty = batch[0].sampling_key
         self.batch_sizes.append(len(batch))
+        self.log.info(f"generating a batch of {len(batch)}")
         with torch.inference_mode():
             model.generate(
                 input_ids.to(model.device),

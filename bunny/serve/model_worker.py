@@ -111,7 +111,9 @@ class ModelWorker:
         self.image_fetch_timeout = image_fetch_timeout
         tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
         self.image_tokens = tower.num_patches if tower is not None else 0
-        self.engine = BatchGenerator(model, tokenizer, max_batch_size=limit_model_concurrency, batch_window=batch_window)
+        self.engine = BatchGenerator(
+            model, tokenizer, max_batch_size=limit_model_concurrency, batch_window=batch_window, log=self.logger
+        )
         self.semaphore: asyncio.Semaphore | None = None
         self.global_counter = 0
         self.started = int(time.time())
@@ -273,8 +275,8 @@ class ModelWorker:
             )
         return chat, request, prompt_tokens
 
-    async def events(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        """Submit `request` and yield its events; leaving early (a client gone) cancels it."""
+    def submit(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Submit `request` now and return its events; leaving them early (a client gone) cancels it."""
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -285,6 +287,10 @@ class ModelWorker:
 
         request.sink = sink
         self.engine.submit(request)
+        return self._events(request, inbox)
+
+    @staticmethod
+    async def _events(request: GenerationRequest, inbox: asyncio.Queue) -> AsyncIterator[Event]:
         finished = False
         try:
             while True:
@@ -331,14 +337,16 @@ def create_app(worker: ModelWorker) -> FastAPI:
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(request: Request) -> Any:
         params = parse_body(await request.body())
-        prompt, generation = await run_in_threadpool(worker.prepare_native, params)
-        if generation is None:
-            return Response(encode_chunk(prompt + TOO_LONG_TEXT))
-        await worker.slot()
+        with worker.engine.expecting():  # requests that arrive together are batched together
+            prompt, generation = await run_in_threadpool(worker.prepare_native, params)
+            if generation is None:
+                return Response(encode_chunk(prompt + TOO_LONG_TEXT))
+            await worker.slot()
+            events = worker.submit(generation)
 
         async def stream() -> AsyncIterator[bytes]:
             try:
-                async for event in worker.events(generation):
+                async for event in events:
                     if isinstance(event, Failed):
                         worker.logger.error(f"generation failed: {event.message}")
                         yield error_chunk(ERROR_WORKER)
@@ -359,11 +367,13 @@ def create_app(worker: ModelWorker) -> FastAPI:
             body = parse_body(await request.body())
         except PayloadError as err:
             raise openai_api.APIError(400, str(err)) from None
-        chat, generation, prompt_tokens = await run_in_threadpool(worker.prepare_chat, body)
-        await worker.slot()
+        with worker.engine.expecting():
+            chat, generation, prompt_tokens = await run_in_threadpool(worker.prepare_chat, body)
+            await worker.slot()
+            events = worker.submit(generation)
         if not chat.stream:
             try:
-                async for event in worker.events(generation):
+                async for event in events:
                     if isinstance(event, Failed):
                         raise openai_api.APIError(500, f"generation failed: {event.message}")
                     if isinstance(event, Done):
@@ -375,7 +385,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
             sent = ""
             try:
                 yield openai_api.chunk(chat, {"role": "assistant", "content": ""})
-                async for event in worker.events(generation):
+                async for event in events:
                     if isinstance(event, Failed):
                         error = openai_api.APIError(500, f"generation failed: {event.message}")
                         yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
