@@ -457,3 +457,15 @@ def test_a_worker_that_cannot_reach_its_controller_says_so(processes, tmp_path):
         cwd=FIXTURES, env=processes[2], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0 and f"cannot reach the controller at {nobody}" in result.stderr
+
+
+def test_the_original_flags_and_the_readmes_abbreviations_parse():
+    args = model_worker.build_parser().parse_args([
+        "--host", "0.0.0.0", "--port", "40000", "--controller", "http://c:10000", "--worker", "http://w:40000",
+        "--model-path", "m", "--model-base", "b", "--model-type", "phi-2", "--device", "cpu",
+        "--limit-model-concurrency", "3", "--stream-interval", "2", "--no-register", "--load-8bit", "--multi-modal",
+    ])  # fmt: skip
+    assert (args.controller_address, args.worker_address, args.host, args.port) == ("http://c:10000", "http://w:40000", "0.0.0.0", 40000)
+    assert (args.model_base, args.limit_model_concurrency, args.no_register, args.load_8bit) == ("b", 3, True, True)
+    assert model_worker.build_parser().parse_args(["--model-path", "m", "--model-type", "phi-2"]).host == "127.0.0.1"
+    assert all(action.help for action in model_worker.build_parser()._actions)

@@ -36,6 +36,7 @@ from bunny.serve.protocol import (
     ERROR_UNREACHABLE,
     WORKER_REQUEST_TIMEOUT,
     PayloadError,
+    add_bind_arguments,
     build_logger,
     error_chunk,
     field,
@@ -266,8 +267,7 @@ def create_app(controller: Controller) -> FastAPI:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bunny.serve.controller", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other machines)")
-    parser.add_argument("--port", type=int, default=21001, help="port to listen on")
+    add_bind_arguments(parser, 21001)
     parser.add_argument(
         "--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue",
         help="lottery: at random in proportion to speed; shortest_queue: the least busy worker",

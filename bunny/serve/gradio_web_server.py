@@ -37,7 +37,7 @@ import requests
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN
 from bunny.conversation import Conversation, SeparatorStyle, get_conv_template
-from bunny.serve.protocol import WORKER_REQUEST_TIMEOUT, build_logger, iter_chunks, log_directory
+from bunny.serve.protocol import WORKER_REQUEST_TIMEOUT, add_bind_arguments, build_logger, iter_chunks, log_directory
 from bunny.util.utils import moderation_msg, server_error_msg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -374,8 +374,7 @@ def build_demo(server: WebServer, embed: bool = False):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bunny.serve.gradio_web_server", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other machines)")
-    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: Gradio's, 7860)")
+    add_bind_arguments(parser, None, "port to listen on (default: Gradio's, 7860)")
     parser.add_argument("--controller-url", "--controller", default="http://localhost:21001", help="URL of the controller")
     parser.add_argument("--concurrency-count", type=int, default=10, help="answers streamed at once")
     parser.add_argument(

@@ -49,6 +49,7 @@ from bunny.serve.protocol import (
     ERROR_WORKER,
     WORKER_REQUEST_TIMEOUT,
     PayloadError,
+    add_bind_arguments,
     build_logger,
     encode_chunk,
     error_chunk,
@@ -410,8 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bunny.model.backbones import MODEL_TYPES
 
     parser = argparse.ArgumentParser(prog="python -m bunny.serve.model_worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other machines)")
-    parser.add_argument("--port", type=int, default=21002, help="port to listen on")
+    add_bind_arguments(parser, 21002)
     parser.add_argument(
         "--worker-address", "--worker", default="http://localhost:21002", help="URL the controller reaches this worker at"
     )

@@ -71,6 +71,12 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
     return value
 
 
+def add_bind_arguments(parser: Any, port: int | None, port_help: str = "port to listen on") -> None:
+    """--host (loopback unless told otherwise) and --port, as every server takes them."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to serve other machines)")
+    parser.add_argument("--port", type=int, default=port, help=port_help)
+
+
 def log_directory() -> str:
     """Where servers write logs: `LOGDIR` under the working directory, as in the original
     (`BUNNY_LOGDIR` overrides it)."""
