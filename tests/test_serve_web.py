@@ -164,3 +164,37 @@ def test_launch_starts_the_three_servers_prints_the_url_and_stops_them_all(tmp_p
     for port in ports:  # every server is gone
         with pytest.raises(requests.ConnectionError):
             requests.post(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_a_worker_killed_mid_answer_shows_an_error_and_the_page_keeps_serving(processes):
+    import signal
+    import subprocess
+    import sys
+
+    from servers import HERE
+
+    launch, started, env = processes
+    controller = launch(["-m", "bunny.serve.controller"], "/list_models")
+    steady = launch([os.path.join(HERE, "fake_worker.py"), "--model", "steady"], "/worker_get_status")
+    doomed = launch([os.path.join(HERE, "fake_worker.py"), "--model", "doomed", "--delay", "0.5", "--chunks", "10"], "/worker_get_status")
+    for worker in (steady, doomed):
+        subprocess.run(
+            [sys.executable, "-m", "bunny.serve.register_worker", "--controller-address", controller, "--worker-name", worker],
+            cwd=REPO, env=env, check=True, capture_output=True,
+        )
+    server = web.WebServer(args(controller_url=controller), web.get_model_list(controller))
+    assert server.models == ["doomed", "steady"]
+
+    state, *_ = server.add_text(get_conv_template("bunny"), "hello", None, "Default")
+    replies = server.http_bot(state, "doomed", 0.2, 0.7, 64, 1.0)
+    shown = []
+    for state, messages, *buttons in replies:
+        shown.append(messages[-1]["content"])
+        if shown[-1].startswith("one"):
+            started[2].send_signal(signal.SIGKILL)
+    assert "one" + web.CURSOR in shown and shown[-1] == server_error_msg
+    assert buttons[2]["interactive"] is True  # regenerate is offered again
+
+    state, *_ = server.add_text(get_conv_template("bunny"), "hello again", None, "Default")
+    *_, (state, messages, *_) = list(server.http_bot(state, "steady", 0.2, 0.7, 64, 1.0))
+    assert messages[-1] == {"role": "assistant", "content": "one two three"}
