@@ -14,7 +14,7 @@ one after the other: one picture (random pixels) and a question of 20-60 words, 
 
 Goal (issue 5): 8 clients get at least 3x the summed tokens/s of one.
 
-Run as: python bench/serve.py [--rounds 3] [--max-tokens 64] [--device cpu] [--quick]
+Run as: python bench/serve.py [--rounds 3] [--max-tokens 64] [--device cpu] [--batch-window 0.01] [--quick]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_worker(checkpoint: Path, device: str, log: Path) -> tuple[subprocess.Popen, str]:
+def start_worker(checkpoint: Path, device: str, log: Path, batch_window: float = 0.01) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, BUNNY_LOGDIR=str(log.parent), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -97,7 +97,7 @@ def start_worker(checkpoint: Path, device: str, log: Path) -> tuple[subprocess.P
         process = subprocess.Popen(
             [sys.executable, "-m", "bunny.serve.model_worker", "--no-register", "--port", str(port),
              "--model-path", str(checkpoint), "--model-type", "phi-2", "--device", device,
-             "--limit-model-concurrency", str(max(LEVELS))],
+             "--limit-model-concurrency", str(max(LEVELS)), "--batch-window", str(batch_window)],
             env=env, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.time() + 300
@@ -183,7 +183,7 @@ def run_level(url: str, model: str, clients: int, rounds: int, image_size: int, 
 
 def batch_sizes(log: Path) -> list[int]:
     """The batches the worker generated, from its log."""
-    return [int(m) for m in re.findall(r"generating a batch of (\d+)", log.read_text())]
+    return [int(m) for m in re.findall(r"generated a batch of (\d+)", log.read_text())]
 
 
 def main() -> None:
@@ -191,13 +191,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="requests per client, one after the other")
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-window", type=float, default=0.01, help="the worker's --batch-window")
     parser.add_argument("--quick", action="store_true", help="the tiny workload, for a smoke test")
     args = parser.parse_args()
     # a byte-level tokenizer needs 256 ids and more: the quick workload's LLM gets 400
     workload = replace(WORKLOADS["quick"], vocab_size=400) if args.quick else WORKLOADS["issue"]
     with tempfile.TemporaryDirectory(prefix="bunny-bench-serve-") as tmp:
         checkpoint = save_checkpoint(workload, Path(tmp))
-        process, url = start_worker(checkpoint, args.device, Path(tmp) / "worker.log")
+        process, url = start_worker(checkpoint, args.device, Path(tmp) / "worker.log", args.batch_window)
         try:
             model = checkpoint.name
             ask(url, model, 0, workload.image_size, args.max_tokens)  # warm-up
@@ -218,6 +219,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "max_tokens": args.max_tokens,
+        "batch_window_s": args.batch_window,
         "levels": levels,
         "speedup_8_over_1": round(speedup, 2),
         "goal_8_over_1": GOAL,

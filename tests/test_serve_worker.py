@@ -170,13 +170,17 @@ def test_a_body_that_is_not_json_is_http_400(client):
 
 # -- batching --------------------------------------------------------------------------------------
 def requests_for(loaded, prompts_and_images, max_new_tokens=10, **settings):
-    tokenizer, model, processor, _ = loaded
+    tokenizer = loaded[0]
     made = []
     for prompt, paths in prompts_and_images:
         ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
-        pixels = list(process_images([Image.open(p).convert("RGB") for p in paths], processor, model.config)) if paths else []
-        made.append(GenerationRequest(ids, pixels, max_new_tokens, **settings))
+        made.append(GenerationRequest(ids, [Image.open(p).convert("RGB") for p in paths], max_new_tokens, **settings))
     return made
+
+
+def engine_for(loaded, **kwargs) -> BatchGenerator:
+    tokenizer, model, processor, _ = loaded
+    return BatchGenerator(model, tokenizer, processor, **kwargs)
 
 
 def final(request: GenerationRequest) -> Done:
@@ -186,14 +190,13 @@ def final(request: GenerationRequest) -> Done:
 
 
 def test_requests_that_wait_together_are_one_batch_and_each_gets_its_answer_alone(loaded):
-    tokenizer, model, _, _ = loaded
     cases = [
         (image_prompt("bunny", "What is shown in this picture?"), IMAGES[:1]),
         (image_prompt("bunny", "Describe the image in great detail, please."), IMAGES[1:2]),
         ("A chat. USER: Tell me a story about a rabbit. ASSISTANT:", []),  # text only, in the same batch
         (image_prompt("bunny", "Colour?"), IMAGES[2:3]),
     ]
-    engine = BatchGenerator(model, tokenizer, max_batch_size=8, batch_window=0.5)
+    engine = engine_for(loaded, max_batch_size=8, batch_window=0.5)
     batch = requests_for(loaded, cases, max_new_tokens=10)
     for request in batch:
         engine.submit(request)
@@ -204,8 +207,7 @@ def test_requests_that_wait_together_are_one_batch_and_each_gets_its_answer_alon
 
 
 def test_a_batch_waits_for_a_request_still_being_prepared(loaded):
-    tokenizer, model, _, _ = loaded
-    engine = BatchGenerator(model, tokenizer, max_batch_size=8, batch_window=0.0, max_wait=5.0)
+    engine = engine_for(loaded, max_batch_size=8, batch_window=0.0, max_wait=5.0)
     first, late = requests_for(loaded, [(PROMPT, IMAGES[:1]), (PROMPT, IMAGES[1:2])], max_new_tokens=3)
 
     def prepare_slowly() -> None:
@@ -223,8 +225,7 @@ def test_a_batch_waits_for_a_request_still_being_prepared(loaded):
 
 
 def test_rows_stop_on_their_own_and_settings_that_differ_go_to_separate_batches(loaded):
-    tokenizer, model, _, _ = loaded
-    engine = BatchGenerator(model, tokenizer, max_batch_size=8, batch_window=0.5)
+    engine = engine_for(loaded, max_batch_size=8, batch_window=0.5)
     short, long = requests_for(loaded, [(PROMPT, IMAGES[:1]), (PROMPT, IMAGES[1:2])], max_new_tokens=12)
     short.max_new_tokens = 3
     [sampled] = requests_for(loaded, [(PROMPT, IMAGES[:1])], max_new_tokens=4, temperature=0.7, top_p=0.9)
@@ -237,8 +238,7 @@ def test_rows_stop_on_their_own_and_settings_that_differ_go_to_separate_batches(
 
 
 def test_a_cancelled_request_stops_generating_and_the_others_go_on(loaded):
-    tokenizer, model, _, _ = loaded
-    engine = BatchGenerator(model, tokenizer, max_batch_size=8, batch_window=0.5)
+    engine = engine_for(loaded, max_batch_size=8, batch_window=0.5)
     leaving, staying = requests_for(loaded, [(PROMPT, IMAGES[:1]), (PROMPT, IMAGES[1:2])], max_new_tokens=40)
     engine.submit(leaving)
     engine.submit(staying)

@@ -28,7 +28,7 @@ import torch
 from transformers import StoppingCriteria
 
 from bunny.serve.generation import generation_kwargs, stop_prefix_len, to_model_inputs
-from bunny.util.mm_utils import pad_token_ids
+from bunny.util.mm_utils import pad_token_ids, process_images
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ Event = Chunk | Done | Failed
 @dataclass
 class GenerationRequest:
     input_ids: torch.Tensor  # [L], IMAGE_TOKEN_INDEX where each image goes
-    pixel_values: list[torch.Tensor]  # one [3, H, W] per image, in prompt order
+    images: list[Any]  # PIL images in prompt order (processed in the generation thread)
     max_new_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
@@ -158,16 +158,18 @@ class BatchGenerator:
     """One generation thread in front of `model`, batching the requests that wait together."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, max_batch_size: int = 8, batch_window: float = 0.01,
-        max_wait: float = 0.25, log: logging.Logger = logger,
+        self, model: Any, tokenizer: Any, image_processor: Any = None, max_batch_size: int = 8,
+        batch_window: float = 0.01, max_wait: float = 0.25, background: bool = True, log: logging.Logger = logger,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
+        self.image_processor = image_processor
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window
         self.max_wait = max_wait
+        self.background = background  # False: the owner calls run_forever
         self._expected = 0  # requests being prepared (see `expecting`)
         self.batch_sizes: list[int] = []  # of every batch generated so far
         self.log = log
@@ -180,17 +182,44 @@ class BatchGenerator:
         self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
     def submit(self, request: GenerationRequest) -> None:
+        """Queue `request`; the first submission starts the generation thread unless the owner
+        said it runs `run_forever` itself (`background=False`)."""
         with self._condition:
             self._waiting.append(request)
             self._condition.notify()
-        if self._thread is None:
+        if self._thread is None and self.background:
             self.start()
 
     def start(self) -> None:
+        """Generate in a background thread."""
         with self._condition:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="batch-generator", daemon=True)
+                self._thread = threading.Thread(target=self.run_forever, name="batch-generator", daemon=True)
                 self._thread.start()
+
+    def run_forever(self, stop: Callable[[], bool] = lambda: False) -> None:
+        """Generate in the calling thread until `stop()` (checked twice a second while idle) is true.
+
+        On CPU, PyTorch runs fastest when one thread does all the tensor work: another thread
+        that has used PyTorch's intra-op threads (OpenMP) and stays alive slows every operation
+        of this one (1.7x on 2 cores). So images are preprocessed here, not where requests arrive,
+        and a model worker generates on its main thread and serves HTTP from another.
+        """
+        with self._condition:
+            if self._thread is None:
+                self._thread = threading.current_thread()
+        while True:
+            batch = self._next_batch(stop)
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                self.generate(batch)
+            except Exception as err:  # noqa: BLE001 - every request must hear of the failure
+                self.log.exception(f"generation failed for a batch of {len(batch)}")
+                for request in batch:
+                    request.sink(Failed(f"{type(err).__name__}: {err}"))
 
     @contextmanager
     def expecting(self) -> Iterator[None]:
@@ -205,13 +234,15 @@ class BatchGenerator:
                 self._expected -= 1
                 self._condition.notify()
 
-    def _next_batch(self) -> list[GenerationRequest]:
+    def _next_batch(self, stop: Callable[[], bool]) -> list[GenerationRequest] | None:
         """Wait for a request; give others `batch_window` seconds to join, and the requests still
         being prepared up to `max_wait`; take the oldest request with those of its sampling
-        settings (the rest wait for the next batch)."""
+        settings (the rest wait for the next batch). None once `stop()` is true."""
         with self._condition:
             while not self._waiting:
-                self._condition.wait()
+                if stop():
+                    return None
+                self._condition.wait(0.5)
             start = time.monotonic()
             while len(self._waiting) < self.max_batch_size:
                 now = time.monotonic()
@@ -227,32 +258,18 @@ class BatchGenerator:
                 request.sink(Done("", "cancelled", 0))
         return [request for request in batch if not request.cancelled.is_set()]
 
-    def _loop(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if not batch:
-                continue
-            try:
-                self.generate(batch)
-            except Exception as err:  # noqa: BLE001 - every request must hear of the failure
-                self.log.exception(f"generation failed for a batch of {len(batch)}")
-                for request in batch:
-                    request.sink(Failed(f"{type(err).__name__}: {err}"))
-
     def generate(self, batch: list[GenerationRequest]) -> None:
         """Generate `batch` (same sampling settings) as one left-padded batch, streaming every row."""
         model = self.model
         rows = [_Row(request) for request in batch]
         streamer = _StreamRows(rows, self.tokenizer, self.eos_ids)
         input_ids, attention_mask = pad_token_ids([r.input_ids for r in batch], self.pad_id, side="left")
-        pixel_values = [p for r in batch for p in r.pixel_values]
-        images: Any = None
-        if pixel_values:
-            same = all(p.shape == pixel_values[0].shape for p in pixel_values)
-            images = to_model_inputs(torch.stack(pixel_values) if same else pixel_values, model)
+        pictures = [image for r in batch for image in r.images]
+        # [N, 3, H, W] (or a list): preprocessing runs here, in the thread that runs the model
+        images = to_model_inputs(process_images(pictures, self.image_processor, model.config), model) if pictures else None
         do_sample, temperature, top_p, repetition_penalty = batch[0].sampling_key
         self.batch_sizes.append(len(batch))
-        self.log.info(f"generating a batch of {len(batch)}")
+        start = time.perf_counter()
         with torch.inference_mode():
             model.generate(
                 input_ids.to(model.device),
@@ -266,3 +283,5 @@ class BatchGenerator:
                 **generation_kwargs(temperature if do_sample else 0.0, top_p if do_sample else None),
             )
         streamer.finish_all()
+        tokens = sum(len(row.tokens) for row in rows)
+        self.log.info(f"generated a batch of {len(batch)}: {tokens} tokens in {time.perf_counter() - start:.2f} s")

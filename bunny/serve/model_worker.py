@@ -61,7 +61,6 @@ from bunny.util.mm_utils import (
     ImageLoadError,
     load_image,
     load_image_from_base64,
-    process_images,
     tokenizer_image_token,
 )
 
@@ -96,6 +95,7 @@ class ModelWorker:
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         max_image_bytes: int = MAX_IMAGE_BYTES,
         image_fetch_timeout: float = 10.0,
+        generate_in_background: bool = True,
     ) -> None:
         self.worker_id = uuid.uuid4().hex[:6]
         self.logger = build_logger("model_worker", f"model_worker_{self.worker_id}.log")
@@ -113,7 +113,8 @@ class ModelWorker:
         tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
         self.image_tokens = tower.num_patches if tower is not None else 0
         self.engine = BatchGenerator(
-            model, tokenizer, max_batch_size=limit_model_concurrency, batch_window=batch_window, log=self.logger
+            model, tokenizer, image_processor, max_batch_size=limit_model_concurrency, batch_window=batch_window,
+            background=generate_in_background, log=self.logger,
         )
         self.semaphore: asyncio.Semaphore | None = None
         self.global_counter = 0
@@ -189,14 +190,6 @@ class ModelWorker:
         room = self.context_len - prompt_tokens
         return min(wanted or MAX_NEW_TOKENS, MAX_NEW_TOKENS, room), prompt_tokens
 
-    def pixel_values(self, images: list[Any]) -> list[torch.Tensor]:
-        if not images:
-            return []
-        if self.image_processor is None:
-            raise PayloadError(f"model {self.model_name} has no vision tower; send no images")
-        processed = process_images(images, self.image_processor, self.model.config)
-        return list(processed)
-
     def open_url(self, url: str, where: str) -> Any:
         """An image from a data URL or an http(s) URL (fetched with the size limit and timeout)."""
         if url.startswith("data:"):
@@ -211,7 +204,9 @@ class ModelWorker:
     def make_request(self, prompt: str, images: list[Any], **settings: Any) -> GenerationRequest:
         check_markers(prompt, len(images))
         input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
-        return GenerationRequest(input_ids=input_ids, pixel_values=self.pixel_values(images), **settings)
+        if images and self.image_processor is None:
+            raise PayloadError(f"model {self.model_name} has no vision tower; send no images")
+        return GenerationRequest(input_ids=input_ids, images=images, **settings)
 
     def prepare_native(self, params: dict[str, Any]) -> tuple[str, GenerationRequest | None]:
         """Check a /worker_generate_stream body and decode its images. Returns the prompt and the
@@ -475,18 +470,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_image_pixels=args.max_image_pixels,
         max_image_bytes=args.max_image_bytes,
         image_fetch_timeout=args.image_fetch_timeout,
+        generate_in_background=False,  # on this thread, below
     )
     worker.logger.info(f"args: {args}")
     if args.multi_modal:
         worker.logger.warning("--multi-modal is deprecated: every Bunny model is multimodal")
-    worker.engine.start()
+    # HTTP is served from a thread; generation runs on the main thread, where PyTorch's CPU
+    # threads are fastest (see BatchGenerator.run_forever).
+    server = uvicorn.Server(uvicorn.Config(create_app(worker), host=args.host, port=args.port, log_level="info"))
+    http = threading.Thread(target=server.run, name="http", daemon=True)
+    http.start()
+    while not server.started:
+        if not http.is_alive():
+            raise SystemExit(f"model_worker: could not serve on {args.host}:{args.port} (see the log above)")
+        time.sleep(0.05)
     if not args.no_register:
         try:
             worker.register_to_controller()
         except RuntimeError as err:
+            server.should_exit = True
             raise SystemExit(f"model_worker: {err}")
         worker.start_heart_beats()
-    uvicorn.run(create_app(worker), host=args.host, port=args.port, log_level="info")
+    try:
+        worker.engine.run_forever(stop=lambda: not http.is_alive())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        http.join(5)
 
 
 if __name__ == "__main__":
