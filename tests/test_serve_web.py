@@ -156,7 +156,7 @@ def test_launch_starts_the_three_servers_prints_the_url_and_stops_them_all(tmp_p
         assert requests.post(f"http://127.0.0.1:{ports[0]}/list_models", timeout=10).json()["models"] == [
             "bunny-phi-2-siglip-full"
         ]
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)  # as `kill` does; Ctrl-C (SIGINT) takes the same path
         process.wait(60)
     finally:
         if process.poll() is None:

@@ -6,7 +6,7 @@ Run as (`make serve` does this, on the checkpoint `make demo` trains):
 
 The three processes start in the README's order, each once the one before answers; their output
 goes to the terminal. The page's URL is printed when everything is up. Ctrl-C stops all three, and
-if one of them exits the others are stopped too.
+if one of them exits the others are stopped too; so does SIGTERM.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> None:
          page + "/", "get"),
     ]  # fmt: skip
     processes: list[subprocess.Popen] = []
+
+    def terminated(signum: int, frame: object) -> None:  # `kill` stops the servers as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         for name, command, probe, method in plan:
             print(f"serve: starting the {name}: {' '.join(command[1:])}", flush=True)
