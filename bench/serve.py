@@ -27,7 +27,6 @@ import os
 import platform
 import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from inference import EOS_ID, WORKLOADS, Workload, build_model, save_random_siglip_tower  # noqa: E402
+
+from bunny.serve.launch import free_port, wait_until_up  # noqa: E402
 
 LEVELS = (1, 4, 8)
 GOAL = 3.0
@@ -83,12 +84,6 @@ def save_checkpoint(workload: Workload, directory: Path) -> Path:
     return checkpoint
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_worker(checkpoint: Path, device: str, log: Path, batch_window: float = 0.01) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -100,17 +95,12 @@ def start_worker(checkpoint: Path, device: str, log: Path, batch_window: float =
              "--limit-model-concurrency", str(max(LEVELS)), "--batch-window", str(batch_window)],
             env=env, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the worker exited: {log.read_text()[-3000:]}")
-        try:
-            requests.post(url + "/worker_get_status", timeout=2)
-            return process, url
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the worker did not start")
+    try:
+        wait_until_up(process, url + "/worker_get_status")
+    except RuntimeError as err:
+        process.kill()
+        raise SystemExit(f"the worker did not start: {err}\n{log.read_text()[-3000:]}")
+    return process, url
 
 
 def picture(seed: int, size: int) -> str:

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from typing import Iterator
 
 import pytest
 import requests
 
+from bunny.serve.launch import free_port, wait_until_up
 from bunny.serve.protocol import iter_chunks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(
@@ -30,18 +23,13 @@ def start(
     """Start `python argv...` (output to `log`) and wait until `url + probe` answers (up to 120 s)."""
     with open(log, "ab") as output:
         process = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            tail = open(log, errors="replace").read()[-3000:] if log != os.devnull else ""
-            raise RuntimeError(f"{argv} exited: {tail}")
-        try:
-            requests.request(method, url + probe, timeout=2)
-            return process
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{argv} did not start listening on {url}")
+    try:
+        wait_until_up(process, url + probe, method, timeout=120)
+    except RuntimeError as err:
+        process.kill()
+        tail = open(log, errors="replace").read()[-3000:] if log != os.devnull else ""
+        raise RuntimeError(f"{argv}: {err}\n{tail}") from None
+    return process
 
 
 @pytest.fixture()

@@ -1,14 +1,15 @@
 """Batched, streamed generation for the model worker: requests that arrive together are answered
 by one `generate` call, and each request streams its own text as its tokens come.
 
-A request is a prompt (token ids with `IMAGE_TOKEN_INDEX` where its images go), its processed
-images and its generation settings. `BatchGenerator` runs one thread that takes the waiting
+A request is a prompt (token ids with `IMAGE_TOKEN_INDEX` where its images go), its images and
+its generation settings. `BatchGenerator` runs one thread that takes the waiting
 requests, groups those whose sampling settings agree (up to `max_batch_size`), left-pads them into
 one batch and generates. Before a batch starts it waits `batch_window` seconds for more requests,
 and up to `max_wait` for those still being prepared (`expecting`), so that requests that arrived
-together are generated together even when decoding their images takes a while. Rows are independent: each stops on its own stop strings, its own
-`max_new_tokens`, the end-of-sequence token, or when its client goes away (`cancel`), and with
-greedy decoding each gets exactly the tokens it would get alone (the core's batched generation).
+together are generated together even when decoding their images takes a while. Rows are
+independent: each stops on its own stop strings, its own `max_new_tokens`, the end-of-sequence
+token, or when its client goes away (`cancel`), and with greedy decoding each gets exactly the
+tokens it would get alone (the core's batched generation).
 
 Events a request receives, in order: any number of `Chunk` (the reply so far), then one `Done`
 or one `Failed`.
@@ -123,11 +124,10 @@ class _StreamRows(StoppingCriteria):
 
     def _advance(self, row: _Row, token: int) -> None:
         request = row.request
+        row.tokens.append(token)
         if token in self.eos_ids:
-            row.tokens.append(token)
             row.finish(row.sent, "stop")
             return
-        row.tokens.append(token)
         text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         hits = [text.index(stop) for stop in request.stop if stop and stop in text]
         if hits:

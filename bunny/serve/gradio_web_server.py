@@ -115,7 +115,11 @@ def violates_moderation(text: str) -> bool:
 
 # -- conversation state ----------------------------------------------------------------------------
 def image_md5(image: Any) -> str:
-    return hashlib.md5(image.tobytes()).hexdigest()
+    """The md5 of an image's pixels, hashed once (kept in `image.info`): the chat is re-rendered,
+    and its image looked up, on every streamed chunk."""
+    if "bunny_md5" not in image.info:
+        image.info["bunny_md5"] = hashlib.md5(image.tobytes()).hexdigest()
+    return image.info["bunny_md5"]
 
 
 def save_image(image: Any) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,17 +25,25 @@ import requests
 STARTUP_TIMEOUT = 300  # seconds for a process to answer (a large model takes a while to load)
 
 
-def wait_until_up(process: subprocess.Popen, url: str, method: str, name: str) -> None:
-    deadline = time.time() + STARTUP_TIMEOUT
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(process: subprocess.Popen, url: str, method: str = "post", timeout: float = STARTUP_TIMEOUT) -> None:
+    """Wait until `url` answers; RuntimeError when `process` exits first or `timeout` passes."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"serve: the {name} exited with status {process.returncode} before it answered at {url}")
+            raise RuntimeError(f"it exited with status {process.returncode} before it answered at {url}")
         try:
             requests.request(method, url, timeout=2)
             return
         except requests.ConnectionError:
-            time.sleep(0.2)
-    raise SystemExit(f"serve: the {name} did not answer at {url} within {STARTUP_TIMEOUT} s")
+            time.sleep(0.1)
+    raise RuntimeError(f"it did not answer at {url} within {timeout:g} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, command, probe, method in plan:
             print(f"serve: starting the {name}: {' '.join(command[1:])}", flush=True)
             processes.append(subprocess.Popen(command))
-            wait_until_up(processes[-1], probe, method, name)
+            try:
+                wait_until_up(processes[-1], probe, method)
+            except RuntimeError as err:
+                raise SystemExit(f"serve: the {name} did not start: {err}")
         print(f"\nserve: the Bunny web demo is up at {page}  (Ctrl-C stops it)\n", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)

@@ -35,7 +35,6 @@ import uuid
 from typing import Any, AsyncIterator, Sequence
 
 import requests
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -54,7 +53,9 @@ from bunny.serve.protocol import (
     encode_chunk,
     error_chunk,
     field,
+    number,
     parse_body,
+    stop_strings,
 )
 from bunny.util.mm_utils import (
     MAX_IMAGE_BYTES,
@@ -68,12 +69,6 @@ MAX_NEW_TOKENS = 1024  # the most a request may ask for, as in the original
 MAX_IMAGE_PIXELS = 40_000_000  # larger pictures are refused before they are decoded
 TOO_LONG_TEXT = "Exceeds max token length. Please start a new conversation, thanks."
 DATA_URL = re.compile(r"data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,(?P<data>.*)", re.DOTALL)
-
-
-def check_markers(prompt: str, num_images: int) -> None:
-    markers = prompt.count(DEFAULT_IMAGE_TOKEN)
-    if markers != num_images:
-        raise PayloadError(f"the prompt has {markers} {DEFAULT_IMAGE_TOKEN} markers but {num_images} images were sent")
 
 
 class ModelWorker:
@@ -117,7 +112,6 @@ class ModelWorker:
             background=generate_in_background, log=self.logger,
         )
         self.semaphore: asyncio.Semaphore | None = None
-        self.global_counter = 0
         self.started = int(time.time())
 
     # -- the controller ----------------------------------------------------------------------------
@@ -184,12 +178,6 @@ class ModelWorker:
         }
 
     # -- requests ----------------------------------------------------------------------------------
-    def budget(self, input_ids: torch.Tensor, num_images: int, wanted: int | None) -> tuple[int, int]:
-        """(max new tokens allowed, prompt length in model positions) for a prompt with `num_images` images."""
-        prompt_tokens = len(input_ids) - num_images + num_images * self.image_tokens
-        room = self.context_len - prompt_tokens
-        return min(wanted or MAX_NEW_TOKENS, MAX_NEW_TOKENS, room), prompt_tokens
-
     def open_url(self, url: str, where: str) -> Any:
         """An image from a data URL or an http(s) URL (fetched with the size limit and timeout)."""
         if url.startswith("data:"):
@@ -201,19 +189,27 @@ class ModelWorker:
             return load_image(url, self.image_fetch_timeout, self.max_image_bytes, self.max_image_pixels)
         raise PayloadError(f"{where}: the image URL must be a data: or http(s) URL, got {url[:40]!r}")
 
-    def make_request(self, prompt: str, images: list[Any], **settings: Any) -> GenerationRequest:
-        check_markers(prompt, len(images))
-        input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    def make_request(
+        self, prompt: str, images: list[Any], wanted: int | None, **settings: Any
+    ) -> tuple[GenerationRequest, int]:
+        """The generation request and the prompt's length in model positions (text ids plus each
+        image's patches). Its max_new_tokens is `wanted` (default and cap: MAX_NEW_TOKENS) within
+        what the context leaves, so less than 1 when the prompt fills the context."""
+        markers = prompt.count(DEFAULT_IMAGE_TOKEN)
+        if markers != len(images):
+            raise PayloadError(f"the prompt has {markers} {DEFAULT_IMAGE_TOKEN} markers but {len(images)} images were sent")
         if images and self.image_processor is None:
             raise PayloadError(f"model {self.model_name} has no vision tower; send no images")
-        return GenerationRequest(input_ids=input_ids, images=images, **settings)
+        input_ids = tokenizer_image_token(prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        prompt_tokens = len(input_ids) - len(images) + len(images) * self.image_tokens
+        room = min(wanted or MAX_NEW_TOKENS, MAX_NEW_TOKENS, self.context_len - prompt_tokens)
+        return GenerationRequest(input_ids=input_ids, images=images, max_new_tokens=room, **settings), prompt_tokens
 
     def prepare_native(self, params: dict[str, Any]) -> tuple[str, GenerationRequest | None]:
         """Check a /worker_generate_stream body and decode its images. Returns the prompt and the
         request, or no request when the prompt leaves no room to answer."""
         prompt = field(params, "prompt", str)
         encoded = field(params, "images", list, [])
-        check_markers(prompt, len(encoded))
         images = []
         for i, data in enumerate(encoded):
             if not isinstance(data, str):
@@ -222,21 +218,16 @@ class ModelWorker:
                 images.append(load_image_from_base64(data, f"images[{i}]", self.max_image_pixels).convert("RGB"))
             except ImageLoadError as err:
                 raise PayloadError(str(err)) from None
-        temperature = openai_api.number(params, "temperature", 1.0, 0.0, 2.0)
-        top_p = openai_api.number(params, "top_p", 1.0, 0.0, 1.0)
-        repetition_penalty = openai_api.number(params, "repetition_penalty", 1.0, 0.01, 10.0)
         wanted = field(params, "max_new_tokens", int, 256)
         if wanted < 1:
             raise PayloadError(f"'max_new_tokens' must be at least 1, got {wanted}")
-        stop = params.get("stop")
-        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise PayloadError("'stop' must be a string or a list of strings")
-        request = self.make_request(
-            prompt, images, max_new_tokens=1, temperature=temperature, top_p=top_p,
-            repetition_penalty=repetition_penalty, stop=[s for s in stop if s],
+        request, _ = self.make_request(
+            prompt, images, wanted,
+            temperature=number(params, "temperature", 1.0, 0.0, 2.0),
+            top_p=number(params, "top_p", 1.0, 0.0, 1.0),
+            repetition_penalty=number(params, "repetition_penalty", 1.0, 0.01, 10.0),
+            stop=stop_strings(params),
         )
-        request.max_new_tokens, _ = self.budget(request.input_ids, len(images), wanted)
         return prompt, (request if request.max_new_tokens >= 1 else None)
 
     def prepare_chat(self, body: dict[str, Any]) -> tuple[openai_api.ChatRequest, GenerationRequest, int]:
@@ -257,13 +248,12 @@ class ModelWorker:
             except (ImageLoadError, PayloadError) as err:
                 raise openai_api.APIError(400, str(err), param=where) from None
         try:
-            request = self.make_request(
-                chat.prompt, images, max_new_tokens=1, temperature=chat.temperature, top_p=chat.top_p,
+            request, prompt_tokens = self.make_request(
+                chat.prompt, images, chat.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
                 stop=chat.stop + [self.stop_str],
             )
         except PayloadError as err:
             raise openai_api.APIError(400, str(err)) from None
-        request.max_new_tokens, prompt_tokens = self.budget(request.input_ids, len(images), chat.max_tokens)
         if request.max_new_tokens < 1:
             raise openai_api.APIError(
                 400, f"The prompt takes {prompt_tokens} positions; the model's context is {self.context_len}",
@@ -301,7 +291,6 @@ class ModelWorker:
 
     async def slot(self) -> None:
         """Wait for one of the --limit-model-concurrency slots."""
-        self.global_counter += 1
         if self.semaphore is None:
             self.semaphore = asyncio.Semaphore(self.limit_model_concurrency)
         await self.semaphore.acquire()

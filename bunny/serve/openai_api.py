@@ -15,7 +15,6 @@ Supported: `model`, `messages`, `max_tokens` (or `max_completion_tokens`), `temp
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from dataclasses import dataclass, field as dataclass_field
@@ -23,7 +22,7 @@ from typing import Any
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN
 from bunny.conversation import get_conv_template
-from bunny.serve.protocol import PayloadError, field
+from bunny.serve.protocol import PayloadError, field, number, stop_strings
 
 MAX_STOP_STRINGS = 4
 
@@ -53,14 +52,6 @@ class ChatRequest:
     include_usage: bool = False
     id: str = dataclass_field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex[:24])
     created: int = dataclass_field(default_factory=lambda: int(time.time()))
-
-
-def number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
-    """A finite number in [low, high] (PayloadError naming the field otherwise)."""
-    value = field(body, name, (int, float), default)
-    if not math.isfinite(value) or not low <= value <= high:
-        raise PayloadError(f"{name!r} must be between {low:g} and {high:g}, got {value}")
-    return float(value)
 
 
 def _parts(content: Any, where: str) -> list[tuple[str, Any]]:
@@ -132,10 +123,6 @@ def parse_chat_request(body: dict[str, Any], conv_mode: str) -> ChatRequest:
         conv.append_message(conv.roles[0] if role == "user" else conv.roles[1], text)
     conv.append_message(conv.roles[1], None)
 
-    stop = body.get("stop")
-    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > MAX_STOP_STRINGS:
-        raise PayloadError(f"'stop' must be a string or a list of at most {MAX_STOP_STRINGS} strings")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
@@ -148,7 +135,7 @@ def parse_chat_request(body: dict[str, Any], conv_mode: str) -> ChatRequest:
         max_tokens=max_tokens,
         temperature=number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=number(body, "top_p", 1.0, 0.0, 1.0),
-        stop=[s for s in stop if s],
+        stop=stop_strings(body, MAX_STOP_STRINGS),
         stream=field(body, "stream", bool, False),
         include_usage=field(options, "include_usage", bool, False),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from logging.handlers import TimedRotatingFileHandler
@@ -69,6 +70,24 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
         names = " or ".join(k.__name__ for k in kinds)
         raise PayloadError(f"{name!r} must be {names}, got {json.dumps(value)[:80]}")
     return value
+
+
+def number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+    """`body[name]`, a finite number in [low, high] (PayloadError naming the field otherwise)."""
+    value = field(body, name, (int, float), default)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise PayloadError(f"{name!r} must be between {low:g} and {high:g}, got {value}")
+    return float(value)
+
+
+def stop_strings(body: dict[str, Any], most: int | None = None) -> list[str]:
+    """`body["stop"]`: none, a string or a list of strings (at most `most`); empty strings dropped."""
+    stop = body.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or (most and len(stop) > most):
+        limit = f"at most {most} strings" if most else "strings"
+        raise PayloadError(f"'stop' must be a string or a list of {limit}")
+    return [s for s in stop if s]
 
 
 def add_bind_arguments(parser: Any, port: int | None, port_help: str = "port to listen on") -> None:
