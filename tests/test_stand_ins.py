@@ -31,20 +31,22 @@ def world(tmp_path_factory) -> dict:
     pretrain = json.loads(Path(paths["pretrain"]).read_text())
     finetune = json.loads(Path(paths["finetune"]).read_text())
     captions = json.loads(Path(paths["captions"]).read_text())
+    scenes = {picture: synthetic.parse_caption(caption) for picture, caption in captions.items()}
     texts = Path(paths["text"]).read_text().splitlines()
-    conversations = [stand_ins.render_conversation(s["conversations"], captions.get(s.get("image"), "")) for s in finetune]
+    curriculum = stand_ins.llm_curriculum(finetune, pretrain, scenes)
+    rendered = ["".join(piece for piece, _ in text) for stage in curriculum for text in stage]
     images = [Image.open(Path(paths["image_folder"]) / s["image"]).convert("RGB") for s in pretrain]
-    return dict(root=root, texts=texts + conversations, conversations=conversations, finetune=finetune,
-                images=images, scenes=[synthetic.parse_caption(s["conversations"][1]["value"]) for s in pretrain])
+    return dict(root=root, texts=texts + rendered, curriculum=curriculum, finetune=finetune, pretrain=pretrain,
+                images=images, scenes=[scenes[s["image"]] for s in pretrain])
 
 
 def build(world, name: str) -> dict:
     directory = world["root"] / name
-    tokenizer = stand_ins.train_tokenizer(world["texts"], str(directory / "llm"))
+    tokenizer = stand_ins.train_tokenizer(world["texts"], str(directory / "llm"), words=stand_ins.SCENE_WORDS)
     tower_losses = stand_ins.pretrain_tower(
         world["images"], world["scenes"], str(directory / "siglip"), TOWER, steps=4, batch_size=16
     )
-    llm_losses = stand_ins.pretrain_llm(world["conversations"], tokenizer, str(directory / "llm"), LLM, steps=4, batch_size=8)
+    llm_losses = stand_ins.pretrain_llm(world["curriculum"], tokenizer, str(directory / "llm"), LLM, steps=(3, 3), batch_size=8)
     return dict(dir=directory, tower_losses=tower_losses, llm_losses=llm_losses)
 
 
@@ -53,11 +55,45 @@ def built(world) -> dict:
     return build(world, "a")
 
 
-def test_conversation_text_puts_the_caption_where_the_picture_goes():
-    turns = [{"from": "human", "value": "<image>\nWhere is the circle?"}, {"from": "gpt", "value": "left"}]
-    text = stand_ins.render_conversation(turns, "A red circle on the left.")
-    assert text.endswith("USER: A red circle on the left.\nWhere is the circle? ASSISTANT: left<|endoftext|>")
-    assert "<image>" not in stand_ins.render_conversation(turns)
+def test_conversation_text_puts_the_picture_words_where_the_picture_goes_and_learns_the_answers():
+    turns = [
+        {"from": "human", "value": "<image>\nWhere is the circle?"}, {"from": "gpt", "value": "left"},
+        {"from": "human", "value": "What colour is it?"}, {"from": "gpt", "value": "red"},
+    ]
+    pieces = stand_ins.render_conversation(turns, "redcircleleft")
+    text = "".join(piece for piece, _ in pieces)
+    assert text.endswith("USER: redcircleleft\nWhere is the circle? ASSISTANT: left<|endoftext|>USER: What colour is it? ASSISTANT: red<|endoftext|>")
+    assert [piece for piece, learn in pieces if learn] == [" left<|endoftext|>", " red<|endoftext|>"]
+    assert "<image>" not in "".join(piece for piece, _ in stand_ins.render_conversation(turns))
+
+
+def test_scene_words_give_one_tokenizer_token_per_shape(world, built):
+    scene = synthetic.parse_caption("A blue triangle on the left and a red circle on the right.")
+    assert stand_ins.scene_words(scene) == "bluetriangleleft redcircleright"
+    tokenizer = AutoTokenizer.from_pretrained(built["dir"] / "llm")
+    assert len(stand_ins.SCENE_WORDS) == 45
+    assert all(len(tokenizer.tokenize(" " + word)) == 1 for word in stand_ins.SCENE_WORDS)
+    with pytest.raises(ValueError, match="too small"):
+        stand_ins.train_tokenizer(world["texts"][:50], str(built["dir"] / "small"), vocab_size=300, words=stand_ins.SCENE_WORDS)
+
+
+def test_curriculum_starts_short_then_uses_the_templates(world):
+    short, full = world["curriculum"]
+    with_image = [s for s in world["finetune"] if "image" in s]
+    assert len(short) == sum(len(s["conversations"]) // 2 for s in with_image) + len(world["pretrain"])
+    assert len(full) == len(world["finetune"]) + len(world["pretrain"])
+    assert not any("USER:" in piece for text in short for piece, _ in text)
+    prompt, answer = short[0]
+    assert not prompt[1] and answer[1] and "\n" in prompt[0] and answer[0].endswith("<|endoftext|>")
+    assert sum("ASSISTANT:" in "".join(p for p, _ in text) for text in full) == len(world["finetune"])
+
+
+def test_encode_masks_what_the_loss_does_not_cover(built):
+    tokenizer = AutoTokenizer.from_pretrained(built["dir"] / "llm")
+    ids, labels = stand_ins.encode([("What colour is the circle?", False), (" red<|endoftext|>", True)], tokenizer, 512)
+    answer = tokenizer(" red<|endoftext|>")["input_ids"]
+    assert ids[-len(answer):] == answer and labels[-len(answer):] == answer
+    assert set(labels[: -len(answer)]) == {-100}
 
 
 def test_tokenizer_fits_the_bunny_template_like_phi_2(world, built):
@@ -69,10 +105,20 @@ def test_tokenizer_fits_the_bunny_template_like_phi_2(world, built):
         assert tokenized.num_supervised > 0
 
 
-def test_tower_targets_name_each_shapes_colour_and_column():
-    scene = synthetic.parse_caption("A blue triangle on the left and a red circle on the right.")
-    # colour of circle, square, triangle (0 = absent, else 1 + index in COLOURS), then their columns
-    assert stand_ins.scene_targets(scene) == [1, 0, 3, 3, 0, 1]
+def test_patch_targets_name_the_shape_over_each_patch():
+    from bunny.data.synthetic import COLOURS, POSITIONS, SHAPES, Item
+
+    # A 64 x 64 picture of background with a red square filling its top-left quarter; patches of 32.
+    scene = (Item("square", "red", "left"), Item("circle", "blue", "right"))
+    image = Image.new("RGB", (64, 64), synthetic.BACKGROUND)
+    image.paste(COLOURS["red"], (0, 0, 32, 32))
+    image.paste(COLOURS["blue"], (40, 40, 64, 64))  # covers 24 x 24 of the last patch
+    pixels = torch.tensor(list(image.getdata()), dtype=torch.float32).T.reshape(3, 64, 64) / 255
+    pixels = (pixels - stand_ins.BACKGROUND_MEAN) / 0.5
+    targets = stand_ins.patch_targets(pixels, scene, 32)
+    red_square = [SHAPES.index("square") + 1, list(COLOURS).index("red") + 1, POSITIONS.index("left") + 1, 1]
+    blue_circle = [SHAPES.index("circle") + 1, list(COLOURS).index("blue") + 1, POSITIONS.index("right") + 1, 1]
+    assert targets.tolist() == [red_square, [0, 0, 0, 1], [0, 0, 0, 1], blue_circle]
 
 
 def test_tower_loads_as_a_bunny_tower_with_centred_features(world, built):

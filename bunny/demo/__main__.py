@@ -46,7 +46,7 @@ class Settings:
     num_finetune: int = 6000
     num_eval: int = 400
     tower_steps: int = 600
-    llm_steps: int = 200
+    llm_steps: tuple[int, int] = (1000, 400)  # short questions, then the templates
     pretrain_batch_size: int = 32
     pretrain_lr: float = 1e-3
     finetune_batch_size: int = 16
@@ -60,7 +60,7 @@ class Settings:
 # The test suite's version (under 3 minutes): fewer pictures and steps, smaller finetuning batches
 # so that it still takes enough optimiser steps to start reading the pictures.
 QUICK = Settings(
-    num_pretrain=600, num_finetune=2000, num_eval=80, tower_steps=100, llm_steps=60, finetune_batch_size=8,
+    num_pretrain=600, num_finetune=1200, num_eval=80, tower_steps=100, llm_steps=(200, 60), finetune_batch_size=8,
     finetune_epochs=1,
 )
 
@@ -115,21 +115,19 @@ def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, see
     with open(data["text"]) as f:
         texts = f.read().splitlines()
     with open(data["captions"]) as f:
-        picture_captions = json.load(f)
-    conversations = [
-        stand_ins.render_conversation(sample["conversations"], picture_captions.get(sample.get("image"), ""))
-        for sample in finetune
-    ]
-    captions = [sample["conversations"][1]["value"] for sample in pretrain]
+        scenes = {picture: synthetic.parse_caption(caption) for picture, caption in json.load(f).items()}
+    curriculum = stand_ins.llm_curriculum(finetune, pretrain, scenes)
 
     llm_dir, tower_dir = os.path.join(directory, "phi-demo"), os.path.join(directory, "siglip-demo")
-    tokenizer = stand_ins.train_tokenizer(texts + conversations, llm_dir)
-    # The tower learns from every training picture (pretraining and finetuning), each with its caption's scene.
-    pictures = sorted(picture_captions)
+    rendered = ["".join(piece for piece, _ in text) for stage in curriculum for text in stage]
+    tokenizer = stand_ins.train_tokenizer(texts + rendered, llm_dir, words=stand_ins.SCENE_WORDS)
+    # The tower learns from every training picture (pretraining and finetuning).
+    pictures = sorted(scenes)
     images = [Image.open(os.path.join(data["image_folder"], picture)).convert("RGB") for picture in pictures]
-    scenes = [synthetic.parse_caption(picture_captions[picture]) for picture in pictures]
-    tower_losses = stand_ins.pretrain_tower(images, scenes, tower_dir, steps=settings.tower_steps, seed=seed)
-    llm_losses = stand_ins.pretrain_llm(conversations + captions, tokenizer, llm_dir, steps=settings.llm_steps, seed=seed)
+    tower_losses = stand_ins.pretrain_tower(
+        images, [scenes[p] for p in pictures], tower_dir, steps=settings.tower_steps, seed=seed
+    )
+    llm_losses = stand_ins.pretrain_llm(curriculum, tokenizer, llm_dir, steps=settings.llm_steps, seed=seed)
     return {"llm": llm_dir, "tower": tower_dir, "losses": {"vision tower": tower_losses, "language model": llm_losses}}
 
 

@@ -3,11 +3,21 @@
 No model hub is reachable on a fresh machine, so the demo makes its own:
 - a byte-level BPE tokenizer trained with `tokenizers` on the data set's text (GPT-2 style, as
   phi-2's: no BOS, `<|endoftext|>` as eos/unk);
-- a SigLIP vision tower (`SiglipVisionModel` + its image processor), pretrained to recognise the
-  shapes of a picture (each shape's colour and column), its penultimate-layer features centred
+- a SigLIP vision tower (`SiglipVisionModel` + its image processor), pretrained so that each patch
+  of the features Bunny reads (the second-to-last layer) names the shape over it: its kind, colour
+  and column (`patch_targets`), and how many shapes the picture holds; those features centred
   (`centre_penultimate_features`);
-- a phi-2-architecture LLM (`PhiForCausalLM`), pretrained with the causal LM loss on the data set's
-  conversations rendered in the `bunny` template, each picture replaced by its caption.
+- a phi-2-architecture LLM (`PhiForCausalLM`), pretrained with the causal LM loss on the answers of
+  the data set's conversations and captions, each picture written as one made-up word per shape
+  (`scene_words`: "redcircleleft bluesquareright"), first in a short form without the template,
+  then rendered in the `bunny` and `plain` templates (`llm_curriculum`).
+
+Why these choices: a picture reaches the LLM as a few tokens that each carry one whole shape, so the
+LLM learns, on text, to answer by finding the token of the shape a question names, the skill it
+needs for the projected patches; a shape written as three words ("a red circle") would need a
+binding across tokens that a 4-layer model learns far too slowly for the demo. The short form first
+and a larger initialisation (`LLMSpec.initializer_range`) let that lookup form in a few hundred
+steps; on the full template alone it stalls at naming any shape of the picture.
 
 Each is saved as an ordinary local model directory that `from_pretrained` reads, so the rest of the
 pipeline runs exactly as it would on `microsoft/phi-2` and `google/siglip-so400m-patch14-384`.
@@ -29,7 +39,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from bunny.conversation import get_conv_template
-from bunny.data.synthetic import COLOURS, POSITIONS, SHAPES, Scene
+from bunny.data.synthetic import COLOURS, POSITIONS, SHAPES, Item, Scene
 from bunny.util.mm_utils import pad_token_ids, process_images
 
 EOS = "<|endoftext|>"
@@ -39,7 +49,7 @@ BACKGROUND_MEAN = 0.94  # bunny.data.synthetic draws on (233..245) grey
 @dataclass(frozen=True)
 class TowerSpec:
     image_size: int = 96
-    patch_size: int = 16  # 36 image tokens
+    patch_size: int = 32  # 3 x 3 image tokens, about one per shape
     hidden_size: int = 128
     intermediate_size: int = 256
     num_layers: int = 4
@@ -53,10 +63,12 @@ class LLMSpec:
     num_layers: int = 4
     num_heads: int = 4
     max_position_embeddings: int = 512
+    initializer_range: float = 0.06  # transformers' 0.02 leaves attention too flat to find the named shape
 
 
-def train_tokenizer(texts: Sequence[str], output_dir: str, vocab_size: int = 640) -> Any:
-    """A GPT-2-style byte-level BPE tokenizer over `texts`, saved to `output_dir`."""
+def train_tokenizer(texts: Sequence[str], output_dir: str, vocab_size: int = 768, words: Sequence[str] = ()) -> Any:
+    """A GPT-2-style byte-level BPE tokenizer over `texts`, saved to `output_dir`, in which each of
+    `words` (after a space) is a single token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -70,8 +82,12 @@ def train_tokenizer(texts: Sequence[str], output_dir: str, vocab_size: int = 640
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(texts, trainer)
+    # Frequent enough that BPE merges each word whole, however little text there is.
+    bpe.train_from_iterator([*texts, *[" ".join([word] * 100) for word in words]], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS)
+    split = [word for word in words if len(tokenizer.tokenize(" " + word)) != 1]
+    if split:
+        raise ValueError(f"vocab_size={vocab_size} is too small to keep these words whole: {split[:5]}")
     tokenizer.save_pretrained(output_dir)
     return tokenizer
 
@@ -108,12 +124,33 @@ def _train(model: torch.nn.Module, loss: Any, batches: list[list[int]], lr: floa
     return losses
 
 
-def scene_targets(scene: Scene) -> list[int]:
-    """What the tower learns to name: for each kind of shape, its colour and its column (0 = absent)."""
-    items = {item.shape: item for item in scene}
-    colours = [list(COLOURS).index(items[s].colour) + 1 if s in items else 0 for s in SHAPES]
-    positions = [POSITIONS.index(items[s].position) + 1 if s in items else 0 for s in SHAPES]
-    return colours + positions
+def patch_targets(pixels: torch.Tensor, scene: Scene, patch_size: int) -> torch.Tensor:
+    """What each patch of a processed picture (`[3, S, S]`, normalised as the tower's processor does)
+    learns to name: the shape covering most of it, as its kind, colour and column (0 = background,
+    else 1 + index in SHAPES, COLOURS, POSITIONS), and the picture's number of shapes. `[P, 4]`.
+
+    Colours never repeat within a picture, so a pixel's colour says which shape it belongs to.
+    """
+    rgb = pixels * 0.5 + BACKGROUND_MEAN  # [3, S, S] back in [0, 1]
+    coverage = []
+    for item in scene:
+        colour = torch.tensor(COLOURS[item.colour], dtype=rgb.dtype)[:, None, None] / 255
+        mask = ((rgb - colour).abs().amax(dim=0) < 0.15).to(rgb.dtype)  # [S, S]
+        coverage.append(F.avg_pool2d(mask[None, None], patch_size).flatten())  # [P]
+    coverage = torch.stack(coverage)  # [n, P]
+    share, which = coverage.max(dim=0)
+    targets = torch.zeros(coverage.shape[1], 4, dtype=torch.long)
+    for p, (s, i) in enumerate(zip(share.tolist(), which.tolist())):
+        if s >= 0.08:
+            item = scene[i]
+            targets[p, :3] = torch.tensor([
+                SHAPES.index(item.shape) + 1, list(COLOURS).index(item.colour) + 1, POSITIONS.index(item.position) + 1
+            ])
+    targets[:, 3] = len(scene) - 1
+    return targets
+
+
+PATCH_CLASSES = (len(SHAPES) + 1, len(COLOURS) + 1, len(POSITIONS) + 1, 3)  # kind, colour, column, count
 
 
 def pretrain_tower(
@@ -126,11 +163,12 @@ def pretrain_tower(
     lr: float = 2e-3,
     seed: int = 0,
 ) -> list[float]:
-    """Train a SigLIP vision tower to recognise the shapes of each picture; save it with its processor.
+    """Train a SigLIP vision tower to name, at each patch of its second-to-last layer, the shape
+    there (`patch_targets`); save it with its processor.
 
-    The tower learns, from its pooled output, each shape's colour and column (`scene_targets`; one
-    classifier per question, dropped afterwards), the way a downloaded tower comes pretrained on
-    labelled pictures.
+    One linear classifier per target reads every patch (dropped afterwards), the way a downloaded
+    tower comes pretrained on labelled pictures. The tower's last layer, which Bunny does not use,
+    is left as initialised.
     """
     from transformers import SiglipVisionConfig, SiglipVisionModel
     from transformers.models.siglip import SiglipImageProcessorPil
@@ -141,8 +179,7 @@ def pretrain_tower(
         num_attention_heads=spec.num_heads, image_size=spec.image_size, patch_size=spec.patch_size,
     )
     tower = SiglipVisionModel(config)
-    classes = [len(COLOURS) + 1] * len(SHAPES) + [len(POSITIONS) + 1] * len(SHAPES)
-    heads = torch.nn.ModuleList(torch.nn.Linear(spec.hidden_size, n) for n in classes)
+    heads = torch.nn.ModuleList(torch.nn.Linear(spec.hidden_size, n) for n in PATCH_CLASSES)
     # The mean is the pictures' background colour: background and the padding Bunny adds around a
     # picture (in the mean colour) both normalise to about zero, so the shapes stand out.
     processor = SiglipImageProcessorPil(
@@ -150,14 +187,16 @@ def pretrain_tower(
     )
     # Pictures are padded to a square the way Bunny feeds them (image_aspect_ratio "pad").
     pixels = process_images(images, processor, SimpleNamespace(image_aspect_ratio="pad"))  # [N, 3, S, S]
-    targets = torch.tensor([scene_targets(scene) for scene in scenes])  # [N, 6]
+    targets = torch.stack([patch_targets(x, scene, spec.patch_size) for x, scene in zip(pixels, scenes)])  # [N, P, 4]
 
     def loss(batch: list[int]) -> torch.Tensor:
-        pooled = tower(pixel_values=pixels[batch]).pooler_output  # [B, C]
-        return sum(F.cross_entropy(head(pooled), targets[batch, i]) for i, head in enumerate(heads))
+        features = tower(pixel_values=pixels[batch], output_hidden_states=True).hidden_states[-2]  # [B, P, C]
+        return sum(
+            F.cross_entropy(head(features).flatten(0, 1), targets[batch, :, i].flatten()) for i, head in enumerate(heads)
+        )
 
     model = torch.nn.ModuleList([tower, heads])
-    losses = _train(model, loss, _batches(len(images), batch_size, steps, seed), lr, "vision tower (recognition)")
+    losses = _train(model, loss, _batches(len(images), batch_size, steps, seed), lr, "vision tower (shapes per patch)")
 
     centre_penultimate_features(tower, pixels[:512])
     tower.save_pretrained(output_dir)
@@ -180,31 +219,94 @@ def centre_penultimate_features(tower: Any, pixels: torch.Tensor) -> None:
     tower.encoder.layers[-2].mlp.fc2.bias -= features.mean(dim=(0, 1))
 
 
-def render_conversation(conversations: Sequence[dict[str, str]], picture: str = "", template: str = "bunny") -> str:
-    """A training conversation as text, with `picture` (e.g. the picture's caption) where the image goes.
+def scene_words(scene: Scene) -> str:
+    """A picture as the stand-in LLM reads it in its pretraining text: one made-up word per shape."""
+    return " ".join(f"{item.colour}{item.shape}{item.position}" for item in scene)
 
-    Pretraining the LLM on conversations about a described picture teaches it to answer from what
-    precedes the question, the skill it later needs to answer from the projected image features.
-    """
+
+# Every word `scene_words` can write.
+SCENE_WORDS = tuple(scene_words((Item(s, c, p),)) for c in COLOURS for s in SHAPES for p in POSITIONS)
+
+
+# A pretraining text: its pieces, each with whether the loss covers it.
+Text = list[tuple[str, bool]]
+
+
+def render_conversation(
+    conversations: Sequence[dict[str, str]], picture: str = "", template: str = "bunny"
+) -> Text:
+    """A training conversation rendered in `template`, with `picture` (text) where the image goes;
+    the answers are the pieces the loss covers."""
     conv = get_conv_template(template)
+    pieces: Text = []
+    done = ""
     for turn in conversations:
-        role = conv.roles[0] if turn["from"] == "human" else conv.roles[1]
-        text = turn["value"].replace("<image>\n", picture + "\n" if picture else "").replace("<image>", picture)
-        conv.append_message(role, text)
-    return conv.get_prompt()
+        if turn["from"] == "human":
+            text = turn["value"].replace("<image>\n", picture + "\n" if picture else "").replace("<image>", picture)
+            conv.append_message(conv.roles[0], text)
+            continue
+        conv.append_message(conv.roles[1], None)
+        prompt = conv.get_prompt()
+        conv.messages[-1][1] = turn["value"]
+        full = conv.get_prompt()
+        pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    return pieces
+
+
+def short_texts(conversations: Sequence[dict[str, str]], picture: str) -> list[Text]:
+    """Each question of a conversation on its own, without the template: the picture, the question
+    (without an instruction line) and its answer."""
+    texts = []
+    for question, answer in zip(conversations[::2], conversations[1::2]):
+        line = question["value"].replace("<image>\n", "").split("\n")[0]
+        texts.append([(f"{picture}\n{line}", False), (f" {answer['value']}{EOS}", True)])
+    return texts
+
+
+def llm_curriculum(
+    finetune: Sequence[dict[str, Any]], pretrain: Sequence[dict[str, Any]], scenes: dict[str, Scene]
+) -> tuple[list[Text], list[Text]]:
+    """The stand-in LLM's two pretraining stages from the demo's data (`scenes`: picture -> scene):
+    short questions and captions first, then the conversations in the `bunny` template and the
+    captions in `plain`, as the Bunny stages will show them."""
+    short, full = [], []
+    for sample in finetune:
+        picture = scene_words(scenes[sample["image"]]) if "image" in sample else ""
+        if picture:
+            short += short_texts(sample["conversations"], picture)
+        full.append(render_conversation(sample["conversations"], picture))
+    for sample in pretrain:
+        picture = scene_words(scenes[sample["image"]])
+        caption = sample["conversations"][1]["value"]
+        short.append([(picture + "\n", False), (caption + EOS, True)])
+        full.append(render_conversation([{"from": "human", "value": "<image>"}, sample["conversations"][1]], picture, "plain"))
+    return short, full
+
+
+def encode(text: Text, tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of a pretraining text and its labels (-100 where the loss does not look)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for piece, learn in text:
+        piece_ids = tokenizer(piece)["input_ids"]
+        ids += piece_ids
+        labels += piece_ids if learn else [-100] * len(piece_ids)
+    return ids[:max_length], labels[:max_length]
 
 
 def pretrain_llm(
-    texts: Sequence[str],
+    stages: Sequence[Sequence[Text]],
     tokenizer: Any,
     output_dir: str,
     spec: LLMSpec = LLMSpec(),
-    steps: int = 150,
-    batch_size: int = 16,
-    lr: float = 2e-3,
+    steps: Sequence[int] = (400, 400),
+    batch_size: int = 32,
+    lr: float = 1e-3,
     seed: int = 0,
 ) -> list[float]:
-    """Train a phi-architecture LLM on `texts` with the causal LM loss; save it with the tokenizer."""
+    """Train a phi-architecture LLM with the causal LM loss on the learned pieces of each stage's
+    texts in turn, `steps[i]` batches of stage i; save it with the tokenizer."""
     from transformers import PhiConfig, PhiForCausalLM
 
     torch.manual_seed(seed)
@@ -212,18 +314,26 @@ def pretrain_llm(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
         max_position_embeddings=spec.max_position_embeddings, partial_rotary_factor=0.5,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        initializer_range=spec.initializer_range, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
     )
     model = PhiForCausalLM(config)
-    encoded = [tokenizer(text + EOS)["input_ids"][: spec.max_position_embeddings] for text in texts]
+    encoded = [encode(text, tokenizer, spec.max_position_embeddings) for stage in stages for text in stage]
+    if len(steps) != len(stages):
+        raise ValueError(f"one number of steps per stage: got {len(steps)} for {len(stages)} stages")
+    batches = []
+    first = 0
+    for i, (stage, count) in enumerate(zip(stages, steps)):
+        batches += [[first + j for j in batch] for batch in _batches(len(stage), batch_size, count, seed + i)]
+        first += len(stage)
 
     def loss(batch: list[int]) -> torch.Tensor:
         # [B, T] right-padded, padding left out of the loss
-        input_ids, attention_mask = pad_token_ids([encoded[i] for i in batch], tokenizer.eos_token_id, side="right")
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        input_ids, attention_mask = pad_token_ids([encoded[i][0] for i in batch], tokenizer.eos_token_id, side="right")
+        labels, _ = pad_token_ids([encoded[i][1] for i in batch], -100, side="right")
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
-    losses = _train(model, loss, _batches(len(encoded), batch_size, steps, seed), lr, "language model (causal LM loss)")
+    losses = _train(model, loss, batches, lr, "language model (causal LM loss)")
 
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
