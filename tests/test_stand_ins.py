@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PhiForCausalLM
 from safetensors.torch import load_file
 
 from bunny.data import synthetic
-from bunny.data.preprocess import tokenize_sample, training_template
+from bunny.data.preprocess import Segment, tokenize_sample, training_template
 from bunny.data.tokenizer import load_training_tokenizer
 from bunny.demo import stand_ins
 from bunny.model.vision_tower import build_vision_tower
@@ -34,7 +34,7 @@ def world(tmp_path_factory) -> dict:
     scenes = {picture: synthetic.parse_caption(caption) for picture, caption in captions.items()}
     texts = Path(paths["text"]).read_text().splitlines()
     curriculum = stand_ins.llm_curriculum(finetune, pretrain, scenes)
-    rendered = ["".join(piece for piece, _ in text) for stage in curriculum for text in stage]
+    rendered = ["".join(segment.text for segment in text) for stage in curriculum for text in stage]
     images = [Image.open(Path(paths["image_folder"]) / s["image"]).convert("RGB") for s in pretrain]
     return dict(root=root, texts=texts + rendered, curriculum=curriculum, finetune=finetune, pretrain=pretrain,
                 images=images, scenes=[scenes[s["image"]] for s in pretrain])
@@ -61,10 +61,10 @@ def test_conversation_text_puts_the_picture_words_where_the_picture_goes_and_lea
         {"from": "human", "value": "What colour is it?"}, {"from": "gpt", "value": "red"},
     ]
     pieces = stand_ins.render_conversation(turns, "redcircleleft")
-    text = "".join(piece for piece, _ in pieces)
+    text = "".join(segment.text for segment in pieces)
     assert text.endswith("USER: redcircleleft\nWhere is the circle? ASSISTANT: left<|endoftext|>USER: What colour is it? ASSISTANT: red<|endoftext|>")
-    assert [piece for piece, learn in pieces if learn] == [" left<|endoftext|>", " red<|endoftext|>"]
-    assert "<image>" not in "".join(piece for piece, _ in stand_ins.render_conversation(turns))
+    assert [segment.text for segment in pieces if segment.supervised] == [" left<|endoftext|>", " red<|endoftext|>"]
+    assert "<image>" not in "".join(segment.text for segment in stand_ins.render_conversation(turns))
 
 
 def test_scene_words_give_one_tokenizer_token_per_shape(world, built):
@@ -82,15 +82,15 @@ def test_curriculum_starts_short_then_uses_the_templates(world):
     with_image = [s for s in world["finetune"] if "image" in s]
     assert len(short) == sum(len(s["conversations"]) // 2 for s in with_image) + len(world["pretrain"])
     assert len(full) == len(world["finetune"]) + len(world["pretrain"])
-    assert not any("USER:" in piece for text in short for piece, _ in text)
+    assert not any("USER:" in segment.text for text in short for segment in text)
     prompt, answer = short[0]
-    assert not prompt[1] and answer[1] and "\n" in prompt[0] and answer[0].endswith("<|endoftext|>")
-    assert sum("ASSISTANT:" in "".join(p for p, _ in text) for text in full) == len(world["finetune"])
+    assert not prompt.supervised and answer.supervised and "\n" in prompt.text and answer.text.endswith("<|endoftext|>")
+    assert sum("ASSISTANT:" in "".join(s.text for s in text) for text in full) == len(world["finetune"])
 
 
 def test_encode_masks_what_the_loss_does_not_cover(built):
     tokenizer = AutoTokenizer.from_pretrained(built["dir"] / "llm")
-    ids, labels = stand_ins.encode([("What colour is the circle?", False), (" red<|endoftext|>", True)], tokenizer, 512)
+    ids, labels = stand_ins.encode([Segment("What colour is the circle?", False), Segment(" red<|endoftext|>", True)], tokenizer, 512)
     answer = tokenizer(" red<|endoftext|>")["input_ids"]
     assert ids[-len(answer):] == answer and labels[-len(answer):] == answer
     assert set(labels[: -len(answer)]) == {-100}

@@ -119,7 +119,7 @@ def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, see
     curriculum = stand_ins.llm_curriculum(finetune, pretrain, scenes)
 
     llm_dir, tower_dir = os.path.join(directory, "phi-demo"), os.path.join(directory, "siglip-demo")
-    rendered = ["".join(piece for piece, _ in text) for stage in curriculum for text in stage]
+    rendered = ["".join(segment.text for segment in text) for stage in curriculum for text in stage]
     tokenizer = stand_ins.train_tokenizer(texts + rendered, llm_dir, words=stand_ins.SCENE_WORDS)
     # The tower learns from every training picture (pretraining and finetuning).
     pictures = sorted(scenes)

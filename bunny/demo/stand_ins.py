@@ -26,7 +26,6 @@ Every builder is seeded and returns its per-step losses.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -38,7 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from bunny.conversation import get_conv_template
+from bunny.constants import DEFAULT_IMAGE_TOKEN
+from bunny.data.preprocess import Segment, encode_with_offsets, render_segments, segment_labels, training_template
 from bunny.data.synthetic import COLOURS, POSITIONS, SHAPES, Item, Scene
 from bunny.util.mm_utils import pad_token_ids, process_images
 
@@ -137,15 +137,12 @@ def patch_targets(pixels: torch.Tensor, scene: Scene, patch_size: int) -> torch.
         colour = torch.tensor(COLOURS[item.colour], dtype=rgb.dtype)[:, None, None] / 255
         mask = ((rgb - colour).abs().amax(dim=0) < 0.15).to(rgb.dtype)  # [S, S]
         coverage.append(F.avg_pool2d(mask[None, None], patch_size).flatten())  # [P]
-    coverage = torch.stack(coverage)  # [n, P]
-    share, which = coverage.max(dim=0)
-    targets = torch.zeros(coverage.shape[1], 4, dtype=torch.long)
-    for p, (s, i) in enumerate(zip(share.tolist(), which.tolist())):
-        if s >= 0.08:
-            item = scene[i]
-            targets[p, :3] = torch.tensor([
-                SHAPES.index(item.shape) + 1, list(COLOURS).index(item.colour) + 1, POSITIONS.index(item.position) + 1
-            ])
+    share, which = torch.stack(coverage).max(dim=0)  # [P]: the largest share of each patch, and whose
+    names = torch.tensor([
+        [SHAPES.index(i.shape) + 1, list(COLOURS).index(i.colour) + 1, POSITIONS.index(i.position) + 1] for i in scene
+    ])  # [n, 3]
+    targets = torch.zeros(len(share), 4, dtype=torch.long)
+    targets[:, :3] = torch.where((share >= 0.08)[:, None], names[which], 0)
     targets[:, 3] = len(scene) - 1
     return targets
 
@@ -228,30 +225,21 @@ def scene_words(scene: Scene) -> str:
 SCENE_WORDS = tuple(scene_words((Item(s, c, p),)) for c in COLOURS for s in SHAPES for p in POSITIONS)
 
 
-# A pretraining text: its pieces, each with whether the loss covers it.
-Text = list[tuple[str, bool]]
+# A pretraining text: the segments of the training preprocessor, supervised where the loss looks.
+Text = list[Segment]
 
 
 def render_conversation(
     conversations: Sequence[dict[str, str]], picture: str = "", template: str = "bunny"
 ) -> Text:
-    """A training conversation rendered in `template`, with `picture` (text) where the image goes;
-    the answers are the pieces the loss covers."""
-    conv = get_conv_template(template)
-    pieces: Text = []
-    done = ""
-    for turn in conversations:
-        if turn["from"] == "human":
-            text = turn["value"].replace("<image>\n", picture + "\n" if picture else "").replace("<image>", picture)
-            conv.append_message(conv.roles[0], text)
-            continue
-        conv.append_message(conv.roles[1], None)
-        prompt = conv.get_prompt()
-        conv.messages[-1][1] = turn["value"]
-        full = conv.get_prompt()
-        pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
-        done = full
-    return pieces
+    """A training conversation as Bunny's preprocessing renders it in `template` (`render_segments`),
+    with `picture` (text) on a line of its own where the image goes; the answers are supervised."""
+    segments = render_segments(list(conversations), training_template(template), "stand-in text")
+    line = picture + "\n" if picture else ""
+    return [
+        Segment(s.text.replace(DEFAULT_IMAGE_TOKEN + "\n", line).replace(DEFAULT_IMAGE_TOKEN, line), s.supervised)
+        for s in segments
+    ]
 
 
 def short_texts(conversations: Sequence[dict[str, str]], picture: str) -> list[Text]:
@@ -259,8 +247,8 @@ def short_texts(conversations: Sequence[dict[str, str]], picture: str) -> list[T
     (without an instruction line) and its answer."""
     texts = []
     for question, answer in zip(conversations[::2], conversations[1::2]):
-        line = question["value"].replace("<image>\n", "").split("\n")[0]
-        texts.append([(f"{picture}\n{line}", False), (f" {answer['value']}{EOS}", True)])
+        line = question["value"].replace(DEFAULT_IMAGE_TOKEN + "\n", "").split("\n")[0]
+        texts.append([Segment(f"{picture}\n{line}", False), Segment(f" {answer['value']}{EOS}", True)])
     return texts
 
 
@@ -278,21 +266,16 @@ def llm_curriculum(
         full.append(render_conversation(sample["conversations"], picture))
     for sample in pretrain:
         picture = scene_words(scenes[sample["image"]])
-        caption = sample["conversations"][1]["value"]
-        short.append([(picture + "\n", False), (caption + EOS, True)])
-        full.append(render_conversation([{"from": "human", "value": "<image>"}, sample["conversations"][1]], picture, "plain"))
+        short.append([Segment(picture + "\n", False), Segment(sample["conversations"][1]["value"] + EOS, True)])
+        full.append(render_conversation(sample["conversations"], picture, "plain"))
     return short, full
 
 
 def encode(text: Text, tokenizer: Any, max_length: int) -> tuple[list[int], list[int]]:
     """Token ids of a pretraining text and its labels (-100 where the loss does not look)."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for piece, learn in text:
-        piece_ids = tokenizer(piece)["input_ids"]
-        ids += piece_ids
-        labels += piece_ids if learn else [-100] * len(piece_ids)
-    return ids[:max_length], labels[:max_length]
+    ids, spans = encode_with_offsets("".join(s.text for s in text), tokenizer, has_image=False, max_length=max_length)
+    labels, _ = segment_labels(ids, spans, text)
+    return ids, labels
 
 
 def pretrain_llm(
@@ -309,6 +292,8 @@ def pretrain_llm(
     texts in turn, `steps[i]` batches of stage i; save it with the tokenizer."""
     from transformers import PhiConfig, PhiForCausalLM
 
+    if len(steps) != len(stages):
+        raise ValueError(f"one number of steps per stage: got {len(steps)} for {len(stages)} stages")
     torch.manual_seed(seed)
     config = PhiConfig(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
@@ -319,8 +304,6 @@ def pretrain_llm(
     )
     model = PhiForCausalLM(config)
     encoded = [encode(text, tokenizer, spec.max_position_embeddings) for stage in stages for text in stage]
-    if len(steps) != len(stages):
-        raise ValueError(f"one number of steps per stage: got {len(steps)} for {len(stages)} stages")
     batches = []
     first = 0
     for i, (stage, count) in enumerate(zip(stages, steps)):
@@ -339,7 +322,3 @@ def pretrain_llm(
     tokenizer.save_pretrained(output_dir)
     return losses
 
-
-def save_losses(path: str, losses: dict[str, list[float]]) -> None:
-    with open(path, "w") as f:
-        json.dump(losses, f)
