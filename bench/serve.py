@@ -10,7 +10,8 @@ one after the other: one picture (random pixels) and a question of 20-60 words, 
 
 - tokens_per_s: completion tokens of all clients (the usage counts) / wall time of the level;
 - median_ttft_s: median time from sending a request to its first streamed content;
-- batch_sizes: the batches the worker generated (from its log).
+- prefill_groups: the sizes of the groups of requests the worker prefilled together (from its
+  log); rows then decode together, requests joining and leaving between steps.
 
 Goal (issue 5): 8 clients get at least 3x the summed tokens/s of one.
 
@@ -87,7 +88,10 @@ def save_checkpoint(workload: Workload, directory: Path) -> Path:
 def start_worker(checkpoint: Path, device: str, log: Path, batch_window: float = 0.01) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, BUNNY_LOGDIR=str(log.parent), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(
+        os.environ, BUNNY_LOGDIR=str(log.parent), PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        PYTHONUNBUFFERED="1",  # the log is read for the prefill groups while the worker runs
+    )
     with open(log, "w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "bunny.serve.model_worker", "--no-register", "--port", str(port),
@@ -171,9 +175,15 @@ def run_level(url: str, model: str, clients: int, rounds: int, image_size: int, 
     }
 
 
-def batch_sizes(log: Path) -> list[int]:
-    """The batches the worker generated, from its log."""
-    return [int(m) for m in re.findall(r"generated a batch of (\d+)", log.read_text())]
+def prefill_groups(log: Path) -> list[int]:
+    """The sizes of the groups of requests the worker prefilled together, from its log."""
+    return [int(m) for m in re.findall(r"prefilled (\d+) request", log.read_text())]
+
+
+def peak_rows(log: Path, skip: int) -> int:
+    """The most rows the worker decoded together after its first `skip` prefills, from its log."""
+    rows = [int(m) for m in re.findall(r"prefilled \d+ request\(s\) in [\d.]+ s; (\d+) row", log.read_text())]
+    return max(rows[skip:], default=0)
 
 
 def main() -> None:
@@ -194,9 +204,10 @@ def main() -> None:
             ask(url, model, 0, workload.image_size, args.max_tokens)  # warm-up
             levels = []
             for clients in LEVELS:
-                before = batch_sizes(Path(tmp) / "worker.log")
+                before = prefill_groups(Path(tmp) / "worker.log")
                 levels.append(run_level(url, model, clients, args.rounds, workload.image_size, args.max_tokens))
-                levels[-1]["batch_sizes"] = batch_sizes(Path(tmp) / "worker.log")[len(before):]
+                levels[-1]["prefill_groups"] = prefill_groups(Path(tmp) / "worker.log")[len(before):]
+                levels[-1]["peak_rows"] = peak_rows(Path(tmp) / "worker.log", len(before))
         finally:
             process.kill()
             process.wait()

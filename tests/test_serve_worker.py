@@ -201,7 +201,7 @@ def test_requests_that_wait_together_are_one_batch_and_each_gets_its_answer_alon
     for request in batch:
         engine.submit(request)
     results = [final(request) for request in batch]
-    assert engine.batch_sizes == [4]
+    assert list(engine.prefill_sizes) == [4]
     assert [r.text for r in results] == [alone(loaded, p, i, 10) for p, i in cases]
     assert all(r.finish_reason == "length" and r.completion_tokens == 10 for r in results)
 
@@ -221,10 +221,10 @@ def test_a_batch_waits_for_a_request_still_being_prepared(loaded):
     ready.wait()
     engine.submit(first)
     final(first), final(late)
-    assert engine.batch_sizes == [2]
+    assert list(engine.prefill_sizes) == [2]
 
 
-def test_rows_stop_on_their_own_and_settings_that_differ_go_to_separate_batches(loaded):
+def test_rows_stop_on_their_own_and_settings_that_differ_share_the_batch(loaded):
     engine = engine_for(loaded, max_batch_size=8, batch_window=0.5)
     short, long = requests_for(loaded, [(PROMPT, IMAGES[:1]), (PROMPT, IMAGES[1:2])], max_new_tokens=12)
     short.max_new_tokens = 3
@@ -234,7 +234,25 @@ def test_rows_stop_on_their_own_and_settings_that_differ_go_to_separate_batches(
     assert final(short).completion_tokens == 3
     assert final(long).text == alone(loaded, PROMPT, IMAGES[1:2], 12)
     assert final(sampled).completion_tokens == 4
-    assert sorted(engine.batch_sizes) == [1, 2]
+    assert list(engine.prefill_sizes) == [3]
+
+
+def test_a_request_arriving_mid_answer_joins_it_and_finishes_first(loaded):
+    engine = engine_for(loaded, max_batch_size=8, batch_window=0.0)
+    running, late = requests_for(loaded, [(PROMPT, IMAGES[:1]), (PROMPT, IMAGES[1:2])], max_new_tokens=40)
+    late.max_new_tokens = 4
+    finished = []
+    for name, request in (("running", running), ("late", late)):
+        request.sink = lambda event, name=name, put=request.sink: (
+            finished.append(name) if isinstance(event, Done) else None, put(event)
+        )
+    engine.submit(running)
+    assert isinstance(next(running.events(timeout=120)), Chunk)
+    engine.submit(late)
+    assert final(late).text == alone(loaded, PROMPT, IMAGES[1:2], 4)
+    assert final(running).text == alone(loaded, PROMPT, IMAGES[:1], 40)
+    assert finished == ["late", "running"]
+    assert list(engine.prefill_sizes) == [1, 1] and engine.peak_rows == 2
 
 
 def test_a_cancelled_request_stops_generating_and_the_others_go_on(loaded):

@@ -45,6 +45,14 @@ class BlockGrowingLayer(DynamicLayer):
         self._handed_out = self.keys
         return self.keys, self.values
 
+    def hold(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Take `keys`/`values` `[B, heads, capacity, head_dim]` as the buffers, the first `length`
+        positions filled (rows regrouped by `BlockGrowingCache.regroup`)."""
+        self.device, self.is_initialized = keys.device, True
+        self._buffers = (keys, values)
+        self.keys, self.values = keys[..., :length, :], values[..., :length, :]
+        self._handed_out = self.keys
+
     def reset(self) -> None:
         self._buffers = None
         super().reset()
@@ -57,3 +65,40 @@ class BlockGrowingCache(DynamicCache):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.layers = [BlockGrowingLayer() if type(layer) is DynamicLayer else layer for layer in self.layers]
+
+    @property
+    def can_regroup(self) -> bool:
+        """Whether rows can be joined and dropped between steps (`regroup`): every layer is a
+        full-attention `BlockGrowingLayer` holding states. Sliding-window layers can't: they drop
+        old positions by column, which would misalign rows padded by different amounts."""
+        return all(type(layer) is BlockGrowingLayer and layer.is_initialized for layer in self.layers)
+
+    @staticmethod
+    def regroup(parts: list[tuple[BlockGrowingCache, torch.Tensor, int]]) -> BlockGrowingCache:
+        """One cache holding, for each `(cache, rows, start)`, the `rows` of `cache` from column `start`
+        on, stacked in that order and right-aligned (left-padded with zeros) to the widest part.
+
+        This is how a running batch takes in newly prefilled rows (`[(running, all, 0), (new, all, 0)]`)
+        and lets finished rows go (`[(running, kept, leading_padding)]`); the caller pads the attention
+        mask the same way. The first part's cache object is reused."""
+        target = parts[0][0]
+        if not all(cache.can_regroup for cache, _, _ in parts):
+            raise ValueError("only caches whose layers are all full-attention BlockGrowingLayers can be regrouped")
+        widths = [cache.get_seq_length() - start for cache, _, start in parts]
+        width = max(widths)
+        rows = sum(len(index) for _, index, _ in parts)
+        for i, layer in enumerate(target.layers):
+            sources = [(cache.layers[i], index, start) for cache, index, start in parts]
+            keys, values = sources[0][0].keys, sources[0][0].values  # [B, heads, L, head_dim]
+            capacity = -(-(width + 1) // BLOCK) * BLOCK
+            new_keys = keys.new_zeros(rows, keys.shape[1], capacity, keys.shape[-1])
+            new_values = values.new_zeros(rows, values.shape[1], capacity, values.shape[-1])
+            first = 0
+            for (source, index, start), part_width in zip(sources, widths):
+                index = index.to(source.keys.device)
+                last = first + len(index)
+                new_keys[first:last, :, width - part_width : width] = source.keys[index, :, start:]
+                new_values[first:last, :, width - part_width : width] = source.values[index, :, start:]
+                first = last
+            layer.hold(new_keys, new_values, width)
+        return target

@@ -250,18 +250,19 @@ class BunnyMixin:
     def prepare_multimodal_inputs(
         self,
         input_ids: torch.Tensor,
-        images: torch.Tensor | list[torch.Tensor],
+        images: torch.Tensor | list[torch.Tensor] | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         padding_side: str | None = None,
         text_only_slots: bool = True,
     ) -> MergedInputs:
-        """Encode `images` and splice them into the embeddings of `input_ids` (see bunny.model.merge)."""
-        if self.get_vision_tower() is None:
+        """Encode `images` (None for text only) and splice them into the embeddings of `input_ids`
+        (see bunny.model.merge)."""
+        if images is not None and self.get_vision_tower() is None:
             raise ValueError("images were given to a model without a vision tower (no mm_vision_tower in its config)")
         return merge_image_features(
             input_ids,
-            self.encode_images(images),
+            self.encode_images(images) if images is not None else [],
             self.get_input_embeddings(),
             attention_mask=attention_mask,
             labels=labels,

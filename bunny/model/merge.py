@@ -100,7 +100,8 @@ def merge_image_features(
     width = int(lengths.max()) if batch else 0
     offset = width - lengths if padding_side == "left" else torch.zeros_like(lengths)  # [B]
 
-    text_embeds = embed_tokens(input_ids.clamp(min=0))  # [B, T, D]; placeholders embedded as 0, then dropped
+    # [B, T, D]; placeholders and padding are embedded as id 0 (whatever the pad id), then dropped
+    text_embeds = embed_tokens(input_ids.masked_fill(~is_text, 0))
     hidden = text_embeds.shape[-1]
     inputs_embeds = text_embeds.new_zeros(batch, width, hidden)
 

@@ -1,15 +1,20 @@
-"""Batched, streamed generation for the model worker: requests that arrive together are answered
-by one `generate` call, and each request streams its own text as its tokens come.
+"""Continuously batched, streamed generation for the model worker: the requests in flight are decoded
+together, one token per step, and each streams its own text as its tokens come.
 
 A request is a prompt (token ids with `IMAGE_TOKEN_INDEX` where its images go), its images and
-its generation settings. `BatchGenerator` runs one thread that takes the waiting
-requests, groups those whose sampling settings agree (up to `max_batch_size`), left-pads them into
-one batch and generates. Before a batch starts it waits `batch_window` seconds for more requests,
-and up to `max_wait` for those still being prepared (`expecting`), so that requests that arrived
-together are generated together even when decoding their images takes a while. Rows are
-independent: each stops on its own stop strings, its own `max_new_tokens`, the end-of-sequence
-token, or when its client goes away (`cancel`), and with greedy decoding each gets exactly the
-tokens it would get alone (the core's batched generation).
+its generation settings. `BatchGenerator` runs one loop that keeps a batch of rows decoding: between
+two steps it prefills the requests that arrived (as one left-padded group) and joins them to the
+running rows, and it lets the rows that finished go. When nothing is running, the first group waits
+`batch_window` seconds for more requests, and up to `max_wait` for those still being prepared
+(`expecting`), so that requests that arrive together are prefilled together. Rows are independent:
+each has its own sampling settings, stops on its own stop strings, its own `max_new_tokens`, the
+end-of-sequence token, or when its client goes away (`cancel`), and with greedy decoding each gets
+the tokens it would get alone (rows are left-padded with masked positions, as in the core's
+batched generation).
+
+Rows join a running batch only when the model's KV cache can be regrouped (every layer is
+full-attention, see `BlockGrowingCache.regroup`); for a model with sliding-window layers (phi-3) a
+batch runs until its last row finishes before the next group starts.
 
 Events a request receives, in order: any number of `Chunk` (the reply so far), then one `Done`
 or one `Failed`.
@@ -21,19 +26,29 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from transformers import StoppingCriteria
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from bunny.serve.generation import generation_kwargs, stop_prefix_len, to_model_inputs
+from bunny.constants import IMAGE_TOKEN_INDEX
+from bunny.model.kv_cache import BlockGrowingCache
+from bunny.serve.generation import stop_prefix_len, to_model_inputs
 from bunny.util.mm_utils import pad_token_ids, process_images
 
 logger = logging.getLogger(__name__)
 
 GREEDY_BELOW = 0.001  # as in the original worker: a temperature at or below this decodes greedily
+DEFAULT_TOP_K = 50  # what `generate` samples with when the model's generation config sets no top_k
 
 
 @dataclass(frozen=True)
@@ -74,11 +89,8 @@ class GenerationRequest:
             self.sink = self._queue.put
 
     @property
-    def sampling_key(self) -> tuple:
-        """Requests batch together when these agree (they are arguments of `generate`, not per row)."""
-        if self.temperature <= GREEDY_BELOW:
-            return (False, 0.0, 1.0, self.repetition_penalty)
-        return (True, self.temperature, self.top_p, self.repetition_penalty)
+    def sampling(self) -> bool:
+        return self.temperature > GREEDY_BELOW
 
     def cancel(self) -> None:
         """The client went away: stop generating for this request at the next step."""
@@ -93,69 +105,89 @@ class GenerationRequest:
                 return
 
 
-class _Row:
-    """One request's decoding state inside a batch."""
+def logits_processors(request: GenerationRequest, generation_config: Any) -> LogitsProcessorList:
+    """What `generate` applies to a row's next-token scores for the request's settings: the
+    repetition penalty, then (when sampling) temperature, top-k and top-p, in that order."""
+    processors = LogitsProcessorList()
+    if request.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(request.repetition_penalty))
+    if request.sampling:
+        if request.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(request.temperature))
+        top_k = getattr(generation_config, "top_k", None)
+        top_k = DEFAULT_TOP_K if top_k is None else top_k
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k))
+        if request.top_p < 1.0:
+            processors.append(TopPLogitsWarper(request.top_p))
+    return processors
 
-    def __init__(self, request: GenerationRequest) -> None:
+
+class _Row:
+    """One request's decoding state."""
+
+    def __init__(self, request: GenerationRequest, generation_config: Any) -> None:
         self.request = request
+        self.processors = logits_processors(request, generation_config)
+        # The ids the repetition penalty sees, as in `generate`: the prompt (0 where an image goes)
+        # followed by the new tokens.
+        self.history = request.input_ids.masked_fill(request.input_ids == IMAGE_TOKEN_INDEX, 0).tolist()
         self.tokens: list[int] = []
         self.sent = ""
         self.done = False
+
+    def choose(self, scores: torch.Tensor) -> int | None:
+        """The next token from this row's float32 scores `[V]`, or None when plain greedy decoding
+        (the argmax, taken for all such rows at once) applies."""
+        if not self.processors and not self.request.sampling:
+            return None
+        scores = self.processors(torch.tensor([self.history], device=scores.device), scores[None])[0]
+        if self.request.sampling:
+            return int(torch.multinomial(scores.softmax(dim=-1), num_samples=1))
+        return int(scores.argmax())
+
+    def advance(self, token: int, tokenizer: Any, eos_ids: set[int]) -> None:
+        """Take the new `token`: stream the text it completes, or finish the row."""
+        request = self.request
+        self.tokens.append(token)
+        self.history.append(token)
+        if token in eos_ids:
+            self.finish(self.sent, "stop")
+            return
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        hits = [text.index(stop) for stop in request.stop if stop and stop in text]
+        if hits:
+            self.finish(text[: min(hits)], "stop")
+        elif len(self.tokens) >= request.max_new_tokens:
+            self.finish(text, "length")
+        elif request.cancelled.is_set():
+            self.finish(text, "cancelled")
+        else:
+            # Hold back an incomplete character and what may be the start of a stop string.
+            shown = text.rstrip("\ufffd")
+            shown = shown[: len(shown) - stop_prefix_len(shown, request.stop)]
+            if shown != self.sent and shown.startswith(self.sent):
+                self.sent = shown
+                request.sink(Chunk(shown))
 
     def finish(self, text: str, reason: str) -> None:
         self.done = True
         self.request.sink(Done(text, reason, len(self.tokens)))
 
 
-class _StreamRows(StoppingCriteria):
-    """Called by `generate` after every step: reads each row's new token, streams its text and
-    says which rows are finished (so that `generate` pads them from then on)."""
+@dataclass
+class _Batch:
+    """The rows decoding together and their model state, left-padded to a common width W."""
 
-    def __init__(self, rows: list[_Row], tokenizer: Any, eos_ids: set[int]) -> None:
-        self.rows = rows
-        self.tokenizer = tokenizer
-        self.eos_ids = eos_ids
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
-            if not row.done:
-                self._advance(row, token)
-        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
-
-    def _advance(self, row: _Row, token: int) -> None:
-        request = row.request
-        row.tokens.append(token)
-        if token in self.eos_ids:
-            row.finish(row.sent, "stop")
-            return
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        hits = [text.index(stop) for stop in request.stop if stop and stop in text]
-        if hits:
-            row.finish(text[: min(hits)], "stop")
-            return
-        if len(row.tokens) >= request.max_new_tokens:
-            row.finish(text, "length")
-            return
-        if request.cancelled.is_set():
-            row.finish(text, "cancelled")
-            return
-        # Hold back an incomplete character and what may be the start of a stop string.
-        shown = text.rstrip("\ufffd")
-        shown = shown[: len(shown) - stop_prefix_len(shown, request.stop)]
-        if shown != row.sent and shown.startswith(row.sent):
-            row.sent = shown
-            request.sink(Chunk(shown))
-
-    def finish_all(self) -> None:
-        """Rows still open when `generate` returned ran into its length limit."""
-        for row in self.rows:
-            if not row.done:
-                text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-                row.finish(text, "cancelled" if row.request.cancelled.is_set() else "length")
+    rows: list[_Row]
+    cache: BlockGrowingCache  # W positions per row
+    mask: torch.Tensor  # [B, W] 1 on each row's positions, 0 on its left padding
+    positions: torch.Tensor  # [B] position id of each row's next input token
+    tokens: torch.Tensor  # [B] each row's newest token: the next step's input
 
 
 class BatchGenerator:
-    """One generation thread in front of `model`, batching the requests that wait together."""
+    """One generation loop in front of `model`, decoding every request in flight together."""
 
     def __init__(
         self, model: Any, tokenizer: Any, image_processor: Any = None, max_batch_size: int = 8,
@@ -171,7 +203,8 @@ class BatchGenerator:
         self.max_wait = max_wait
         self.background = background  # False: the owner calls run_forever
         self._expected = 0  # requests being prepared (see `expecting`)
-        self.batch_sizes: list[int] = []  # of every batch generated so far
+        self.prefill_sizes: deque[int] = deque(maxlen=1000)  # requests in each of the latest groups prefilled
+        self.peak_rows = 0  # the most rows decoded in one step so far
         self.log = log
         self._waiting: list[GenerationRequest] = []
         self._condition = threading.Condition()
@@ -197,6 +230,19 @@ class BatchGenerator:
                 self._thread = threading.Thread(target=self.run_forever, name="batch-generator", daemon=True)
                 self._thread.start()
 
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around the preparation of a request (decoding its images...) that will be submitted:
+        a group about to be prefilled while nothing runs waits for it, up to `max_wait` seconds."""
+        with self._condition:
+            self._expected += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._expected -= 1
+                self._condition.notify()
+
     def run_forever(self, stop: Callable[[], bool] = lambda: False) -> None:
         """Generate in the calling thread until `stop()` (checked twice a second while idle) is true.
 
@@ -208,80 +254,156 @@ class BatchGenerator:
         with self._condition:
             if self._thread is None:
                 self._thread = threading.current_thread()
+        batch: _Batch | None = None
         while True:
-            batch = self._next_batch(stop)
-            if batch is None:
+            arrivals = self._next_arrivals(batch, stop)
+            if arrivals is None:
                 return
-            if not batch:
-                continue
-            try:
-                self.generate(batch)
-            except Exception as err:  # noqa: BLE001 - every request must hear of the failure
-                self.log.exception(f"generation failed for a batch of {len(batch)}")
-                for request in batch:
-                    request.sink(Failed(f"{type(err).__name__}: {err}"))
+            if arrivals:
+                batch = self._admit(batch, arrivals)
+            if batch is not None:
+                batch = self._decode_step(batch)
 
-    @contextmanager
-    def expecting(self) -> Iterator[None]:
-        """Around the preparation of a request (decoding its images...) that will be submitted:
-        a batch about to start waits for it, up to `max_wait` seconds."""
-        with self._condition:
-            self._expected += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._expected -= 1
-                self._condition.notify()
+    # -- scheduling ----------------------------------------------------------------------------------
+    def _next_arrivals(self, batch: _Batch | None, stop: Callable[[], bool]) -> list[GenerationRequest] | None:
+        """The waiting requests to prefill now (None once `stop()` is true while idle).
 
-    def _next_batch(self, stop: Callable[[], bool]) -> list[GenerationRequest] | None:
-        """Wait for a request; give others `batch_window` seconds to join, and the requests still
-        being prepared up to `max_wait`; take the oldest request with those of its sampling
-        settings (the rest wait for the next batch). None once `stop()` is true."""
+        While rows decode, whatever waits joins them at once, up to `max_batch_size` rows. When
+        nothing runs, wait for a request, then give others `batch_window` seconds to join and
+        those still being prepared up to `max_wait`."""
         with self._condition:
-            while not self._waiting:
-                if stop():
-                    return None
-                self._condition.wait(0.5)
-            start = time.monotonic()
-            while len(self._waiting) < self.max_batch_size:
-                now = time.monotonic()
-                limit = start + (self.max_wait if self._expected else self.batch_window)
-                if now >= limit:
-                    break
-                self._condition.wait(limit - now)
-            key = self._waiting[0].sampling_key
-            batch = [r for r in self._waiting if r.sampling_key == key][: self.max_batch_size]
-            self._waiting = [r for r in self._waiting if not any(r is b for b in batch)]
-        for request in batch:
+            if batch is not None:
+                room = self.max_batch_size - len(batch.rows) if batch.cache.can_regroup else 0
+            else:
+                while not self._waiting:
+                    if stop():
+                        return None
+                    self._condition.wait(0.5)
+                start = time.monotonic()
+                while len(self._waiting) < self.max_batch_size:
+                    now = time.monotonic()
+                    limit = start + (self.max_wait if self._expected else self.batch_window)
+                    if now >= limit:
+                        break
+                    self._condition.wait(limit - now)
+                room = self.max_batch_size
+            taken, self._waiting = self._waiting[:room], self._waiting[room:]
+        for request in taken:
             if request.cancelled.is_set():
                 request.sink(Done("", "cancelled", 0))
-        return [request for request in batch if not request.cancelled.is_set()]
+            elif request.max_new_tokens < 1:
+                request.sink(Done("", "length", 0))
+        return [r for r in taken if not r.cancelled.is_set() and r.max_new_tokens >= 1]
 
-    def generate(self, batch: list[GenerationRequest]) -> None:
-        """Generate `batch` (same sampling settings) as one left-padded batch, streaming every row."""
+    def _admit(self, batch: _Batch | None, requests: list[GenerationRequest]) -> _Batch | None:
+        """Prefill `requests` and join their rows to `batch`. A failure fails only these requests."""
+        start = time.perf_counter()
+        try:
+            group = self._prefill(requests)
+        except Exception as err:  # noqa: BLE001 - every request must hear of the failure
+            self.log.exception(f"prefill failed for {len(requests)} request(s)")
+            for request in requests:
+                request.sink(Failed(f"{type(err).__name__}: {err}"))
+            return batch
+        if group is not None and batch is not None:
+            cache = BlockGrowingCache.regroup(
+                [(batch.cache, torch.arange(len(batch.rows)), 0), (group.cache, torch.arange(len(group.rows)), 0)]
+            )
+            width = cache.get_seq_length()
+            batch = _Batch(
+                rows=batch.rows + group.rows,
+                cache=cache,
+                mask=torch.cat([_pad_left(batch.mask, width), _pad_left(group.mask, width)]),
+                positions=torch.cat([batch.positions, group.positions]),
+                tokens=torch.cat([batch.tokens, group.tokens]),
+            )
+        else:
+            batch = batch or group
+        rows = len(batch.rows) if batch is not None else 0
+        self.log.info(f"prefilled {len(requests)} request(s) in {time.perf_counter() - start:.2f} s; {rows} row(s) decoding")
+        return batch
+
+    # -- the model -----------------------------------------------------------------------------------
+    def _prefill(self, requests: list[GenerationRequest]) -> _Batch | None:
+        """One forward over the prompts of `requests` (left-padded, images spliced in), the first new
+        token of each, and the batch of the rows that go on (None if all finished)."""
         model = self.model
-        rows = [_Row(request) for request in batch]
-        streamer = _StreamRows(rows, self.tokenizer, self.eos_ids)
-        input_ids, attention_mask = pad_token_ids([r.input_ids for r in batch], self.pad_id, side="left")
-        pictures = [image for r in batch for image in r.images]
+        device = model.device
+        input_ids, attention_mask = pad_token_ids([r.input_ids for r in requests], self.pad_id, side="left")
+        pictures = [image for r in requests for image in r.images]
         # [N, 3, H, W] (or a list): preprocessing runs here, in the thread that runs the model
         images = to_model_inputs(process_images(pictures, self.image_processor, model.config), model) if pictures else None
-        do_sample, temperature, top_p, repetition_penalty = batch[0].sampling_key
-        self.batch_sizes.append(len(batch))
-        start = time.perf_counter()
         with torch.inference_mode():
-            model.generate(
-                input_ids.to(model.device),
-                images=images,
-                attention_mask=attention_mask.to(model.device),
-                max_new_tokens=max(r.max_new_tokens for r in batch),
-                repetition_penalty=repetition_penalty,
-                use_cache=True,
-                stopping_criteria=[streamer],
-                pad_token_id=self.pad_id,
-                **generation_kwargs(temperature if do_sample else 0.0, top_p if do_sample else None),
+            merged = model.prepare_multimodal_inputs(
+                input_ids.to(device), images, attention_mask.to(device), padding_side="left", text_only_slots=False
             )
-        streamer.finish_all()
-        tokens = sum(len(row.tokens) for row in rows)
-        self.log.info(f"generated a batch of {len(batch)}: {tokens} tokens in {time.perf_counter() - start:.2f} s")
+            cache = BlockGrowingCache(config=model.config)
+            mask = merged.attention_mask.long()
+            output = model(
+                inputs_embeds=merged.inputs_embeds, attention_mask=mask, position_ids=merged.position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1,
+            )
+        rows = [_Row(request, model.generation_config) for request in requests]
+        tokens = self._choose_and_advance(rows, output.logits[:, -1])
+        self.prefill_sizes.append(len(requests))
+        batch = _Batch(rows, cache, mask, positions=merged.lengths.clone(), tokens=tokens)
+        return self._without_finished(batch)
+
+    def _decode_step(self, batch: _Batch) -> _Batch | None:
+        """Feed every row its newest token; stream and finish rows; None when none is left."""
+        try:
+            self.peak_rows = max(self.peak_rows, len(batch.rows))
+            mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.rows), 1)], dim=1)  # [B, W + 1]
+            with torch.inference_mode():
+                output = self.model(
+                    input_ids=batch.tokens[:, None], attention_mask=mask, position_ids=batch.positions[:, None],
+                    past_key_values=batch.cache, use_cache=True,
+                )
+            batch.mask, batch.positions = mask, batch.positions + 1
+            batch.tokens = self._choose_and_advance(batch.rows, output.logits[:, -1])
+        except Exception as err:  # noqa: BLE001 - every request must hear of the failure
+            self.log.exception(f"generation failed for {len(batch.rows)} row(s)")
+            for row in batch.rows:
+                if not row.done:
+                    row.done = True
+                    row.request.sink(Failed(f"{type(err).__name__}: {err}"))
+            return None
+        return self._without_finished(batch)
+
+    def _choose_and_advance(self, rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
+        """The next token of every row from the last position's logits `[B, V]`, as `generate`
+        picks it (float32 scores, the row's processors); each row takes its token. Returns `[B]`."""
+        scores = logits.float()
+        tokens = scores.argmax(dim=-1)  # [B]
+        for i, row in enumerate(rows):
+            chosen = None if row.done else row.choose(scores[i])
+            if chosen is not None:
+                tokens[i] = chosen
+        for row, token in zip(rows, tokens.tolist()):
+            if not row.done:  # finished rows of a batch that can't let them go are decoded on, unheard
+                row.advance(token, self.tokenizer, self.eos_ids)
+        return tokens
+
+    def _without_finished(self, batch: _Batch) -> _Batch | None:
+        """`batch` less its finished rows and the padding columns no row needs any more."""
+        kept = [i for i, row in enumerate(batch.rows) if not row.done]
+        if not kept:
+            return None
+        if len(kept) == len(batch.rows) or not batch.cache.can_regroup:
+            return batch  # (a cache that can't be regrouped keeps its finished rows until the batch ends)
+        index = torch.tensor(kept, device=batch.mask.device)
+        mask = batch.mask[index]
+        leading = int(mask.any(dim=0).long().argmax())  # first column some row still uses
+        cache = BlockGrowingCache.regroup([(batch.cache, index, leading)])
+        return _Batch(
+            rows=[batch.rows[i] for i in kept],
+            cache=cache,
+            mask=mask[:, leading:],
+            positions=batch.positions[index],
+            tokens=batch.tokens[index],
+        )
+
+
+def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """`[B, w]` -> `[B, width]` with zeros on the left."""
+    return torch.cat([mask.new_zeros(mask.shape[0], width - mask.shape[1]), mask], dim=1)

@@ -9,8 +9,9 @@ Endpoints:
   stream (`bunny.serve.protocol`); every chunk holds the prompt followed by the reply so far.
 - POST /v1/chat/completions, GET /v1/models: the OpenAI chat API (`bunny.serve.openai_api`).
 
-Requests that wait together are generated as one batch (`bunny.serve.batching`); with greedy
-decoding each gets exactly the answer it would get alone.
+Requests in flight are decoded as one batch that requests join and leave between two steps
+(continuous batching, `bunny.serve.batching`); with greedy decoding each gets the answer it would
+get alone.
 
 Differences from the original, on purpose:
 - it binds 127.0.0.1 unless --host says otherwise;
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multi-modal", action="store_true", help="deprecated: every Bunny model is multimodal")
     parser.add_argument(
         "--limit-model-concurrency", type=int, default=5,
-        help="requests generated at once (the largest batch); more wait in a queue",
+        help="requests generated at once (the most rows decoded together); more wait in a queue",
     )
     parser.add_argument("--stream-interval", type=int, default=1, help="unused; kept for the original's scripts")
     parser.add_argument("--no-register", action="store_true", help="do not register with a controller")
@@ -418,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--heart-beat-interval", type=float, default=WORKER_HEART_BEAT_INTERVAL, help="seconds between heart beats"
     )
     parser.add_argument(
-        "--batch-window", type=float, default=0.01, help="seconds a request waits for others to batch with"
+        "--batch-window", type=float, default=0.01,
+        help="seconds a request arriving at an idle worker waits for others to be prefilled with",
     )
     parser.add_argument(
         "--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="larger images are refused before decoding"
