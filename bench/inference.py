@@ -25,6 +25,7 @@ Run as: python bench/inference.py [--dtype bfloat16] [--repeats N] [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import transformers
@@ -458,10 +459,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to stdout inside (libraries' notices, e.g. deepspeed's accelerator line
+    when transformers imports it) to stderr, so that stdout carries only the JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
-    print(json.dumps(benchmark(args), indent=2))
+    with stdout_to_stderr():
+        results = benchmark(args)
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

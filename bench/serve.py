@@ -6,7 +6,9 @@ checkpoint with a byte-level BPE tokenizer of the model's 1000 ids. It runs as i
 (`python -m bunny.serve.model_worker --no-register`, float32 on the CPU unless --device says
 otherwise), batching up to 8 requests. Each client sends `--rounds` streamed OpenAI chat requests
 one after the other: one picture (random pixels) and a question of 20-60 words, greedy, exactly
-`--max-tokens` new tokens asked for. Per level it reports:
+`--max-tokens` new tokens asked for (with `--max-tokens-spread S`, each request asks for a seeded
+draw from max-tokens - S .. max-tokens + S instead, so that answers end at different times). Per
+level it reports:
 
 - tokens_per_s: completion tokens of all clients (the usage counts) / wall time of the level;
 - median_ttft_s: median time from sending a request to its first streamed content;
@@ -15,7 +17,8 @@ one after the other: one picture (random pixels) and a question of 20-60 words, 
 
 Goal (issue 5): 8 clients get at least 3x the summed tokens/s of one.
 
-Run as: python bench/serve.py [--rounds 3] [--max-tokens 64] [--device cpu] [--batch-window 0.01] [--quick]
+Run as: python bench/serve.py [--rounds 3] [--max-tokens 64] [--max-tokens-spread 0] [--device cpu]
+        [--batch-window 0.01] [--quick]
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inference import EOS_ID, WORKLOADS, Workload, build_model, save_random_siglip_tower  # noqa: E402
+from inference import EOS_ID, WORKLOADS, Workload, build_model, save_random_siglip_tower, stdout_to_stderr  # noqa: E402
 
 from bunny.serve.launch import free_port, wait_until_up  # noqa: E402
 
@@ -114,9 +117,10 @@ def picture(seed: int, size: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def ask(url: str, model: str, seed: int, image_size: int, max_tokens: int) -> tuple[float, int]:
+def ask(url: str, model: str, seed: int, image_size: int, max_tokens: int, spread: int = 0) -> tuple[float, int]:
     """One streamed chat request; returns (time to first content, completion tokens)."""
     rng = random.Random(seed)
+    max_tokens = rng.randint(max_tokens - spread, max_tokens + spread)
     question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) + "?"
     body = {
         "model": model, "temperature": 0, "max_tokens": max_tokens, "stream": True,
@@ -142,7 +146,7 @@ def ask(url: str, model: str, seed: int, image_size: int, max_tokens: int) -> tu
     return (first if first is not None else time.perf_counter() - start), tokens
 
 
-def run_level(url: str, model: str, clients: int, rounds: int, image_size: int, max_tokens: int) -> dict:
+def run_level(url: str, model: str, clients: int, rounds: int, image_size: int, max_tokens: int, spread: int) -> dict:
     ttfts: list[float] = []
     tokens = [0] * clients
     errors: list[str] = []
@@ -150,7 +154,7 @@ def run_level(url: str, model: str, clients: int, rounds: int, image_size: int, 
     def client(index: int) -> None:
         try:
             for r in range(rounds):
-                ttft, count = ask(url, model, 1000 * clients + 10 * index + r, image_size, max_tokens)
+                ttft, count = ask(url, model, 1000 * clients + 10 * index + r, image_size, max_tokens, spread)
                 ttfts.append(ttft)
                 tokens[index] += count
         except Exception as err:  # noqa: BLE001 - reported in the JSON
@@ -190,13 +194,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="requests per client, one after the other")
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per request")
+    parser.add_argument(
+        "--max-tokens-spread", type=int, default=0, help="each request asks for max-tokens +- up to this many (seeded)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-window", type=float, default=0.01, help="the worker's --batch-window")
     parser.add_argument("--quick", action="store_true", help="the tiny workload, for a smoke test")
     args = parser.parse_args()
+    if not 0 <= args.max_tokens_spread < args.max_tokens:
+        parser.error("--max-tokens-spread must be at least 0 and less than --max-tokens")
     # a byte-level tokenizer needs 256 ids and more: the quick workload's LLM gets 400
     workload = replace(WORKLOADS["quick"], vocab_size=400) if args.quick else WORKLOADS["issue"]
-    with tempfile.TemporaryDirectory(prefix="bunny-bench-serve-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bunny-bench-serve-") as tmp, stdout_to_stderr():
         checkpoint = save_checkpoint(workload, Path(tmp))
         process, url = start_worker(checkpoint, args.device, Path(tmp) / "worker.log", args.batch_window)
         try:
@@ -205,7 +214,9 @@ def main() -> None:
             levels = []
             for clients in LEVELS:
                 before = prefill_groups(Path(tmp) / "worker.log")
-                levels.append(run_level(url, model, clients, args.rounds, workload.image_size, args.max_tokens))
+                levels.append(
+                    run_level(url, model, clients, args.rounds, workload.image_size, args.max_tokens, args.max_tokens_spread)
+                )
                 levels[-1]["prefill_groups"] = prefill_groups(Path(tmp) / "worker.log")[len(before):]
                 levels[-1]["peak_rows"] = peak_rows(Path(tmp) / "worker.log", len(before))
         finally:
@@ -220,6 +231,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "max_tokens": args.max_tokens,
+        "max_tokens_spread": args.max_tokens_spread,
         "batch_window_s": args.batch_window,
         "levels": levels,
         "speedup_8_over_1": round(speedup, 2),

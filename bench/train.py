@@ -34,7 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from inference import ENV_KEYS, WORKLOADS, build_model, cpu_name, ms, save_random_siglip_tower, time_runs  # noqa: E402
+from inference import (  # noqa: E402
+    ENV_KEYS,
+    WORKLOADS,
+    build_model,
+    cpu_name,
+    ms,
+    save_random_siglip_tower,
+    stdout_to_stderr,
+    time_runs,
+)
 
 from bunny.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 from bunny.conversation import get_conv_template  # noqa: E402
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "env": {key: os.environ[key] for key in ENV_KEYS if key in os.environ},
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, stdout_to_stderr():
         tower_dir = Path(tmp) / "siglip-bench"
         save_random_siglip_tower(workload, tower_dir)
         start = time.perf_counter()
