@@ -147,3 +147,12 @@ def test_readme_documents_every_question_phrasing():
             assert f'"{phrasing}"' in readme, phrasing
         assert ", ".join(spec.answers) in readme
     assert synthetic.SHORT_ANSWER in readme
+
+
+def test_the_example_pictures_in_images_are_scenes_of_the_shapes_world():
+    # the demo chats about them and the web page offers them: the demo model must know their world
+    shipped = sorted(path.name for path in (Path(__file__).parents[1] / "images").iterdir())
+    assert shipped == sorted(synthetic.EXAMPLE_PICTURES)
+    for name in shipped:
+        picture = Image.open(Path(__file__).parents[1] / "images" / name).convert("RGB")
+        assert list(picture.getdata()) == list(synthetic.draw_example(name).getdata()), name

@@ -140,6 +140,20 @@ def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
     return image
 
 
+# The pictures in the repository's images/ (the demo's chat, the web page's examples): scenes of this
+# world drawn as its training pictures are, so that the demo model is asked about what it learnt.
+EXAMPLE_PICTURES: dict[str, tuple[Scene, int]] = {  # file name -> (scene, drawing seed)
+    "shapes.png": ((Item("circle", "red", "left"), Item("triangle", "green", "middle"), Item("square", "blue", "right")), 7),
+    "shapes_tall.png": ((Item("circle", "yellow", "left"), Item("square", "purple", "right")), 10),
+}
+
+
+def draw_example(name: str) -> Image.Image:
+    """The example picture `name` of `EXAMPLE_PICTURES`."""
+    scene, seed = EXAMPLE_PICTURES[name]
+    return draw_scene(scene, random.Random(seed))
+
+
 def save_image(image: Image.Image, root: str, relative: str) -> str:
     path = os.path.join(root, "images", relative)
     os.makedirs(os.path.dirname(path), exist_ok=True)
