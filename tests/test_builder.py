@@ -3,6 +3,9 @@ legacy `.bin` files (read with weights_only), 8/4-bit, dtype keywords, and its e
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import pickle
 import shutil
 
@@ -10,9 +13,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import PhiConfig, PhiForCausalLM
+from transformers import AutoModelForCausalLM, PhiConfig, PhiForCausalLM
 
+from bunny.data.tokenizer import load_training_tokenizer
 from bunny.model.builder import load_pretrained_model
+from bunny.model.checkpoint_files import MissingWeightsError
 from tiny import FIXTURES, bunny_config, build_model, random_pixels, random_prompt
 
 VOCAB = 1000  # the fixture tokenizers' size, so loading resizes nothing
@@ -189,3 +194,128 @@ def test_quantised_loading(bits, siglip_tower, tmp_path):
     assert torch.isfinite(logits).all()
     assert torch.corrcoef(torch.stack([logits.flatten(), reference.flatten()]))[0, 1] > 0.9
     assert quantised.generate(ids, images=pixels, max_new_tokens=3, do_sample=False).shape == (1, 12)
+
+
+# -- weights left at random, wrong model types, log noise --------------------------------------------
+# tie_word_embeddings defaults of the config classes the original's checkpoints were written with
+# (transformers 4.40 and the original's vendored MiniCPM): 4.x leaves a value equal to both its
+# PretrainedConfig default (true) and the class default out of config.json, so a tied MiniCPM
+# checkpoint says nothing about tying and stores no lm_head.
+TIED_BY_DEFAULT_IN_4X = {
+    "phi-1.5": False, "phi-2": False, "phi-3": False, "stablelm-2": False, "qwen1.5-1.8b": False,
+    "minicpm": True, "llama3-8b": False,
+}
+
+
+def save_as_4x_saves_a_tied_model(model, directory):
+    """A tied model as transformers 4.x wrote it: no lm_head.weight, no tie_word_embeddings."""
+    model.save_pretrained(directory)
+    copy_tokenizer(directory)
+    config = json.loads((directory / "config.json").read_text())
+    config.pop("tie_word_embeddings", None)
+    (directory / "config.json").write_text(json.dumps(config))
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight" and "vision_tower" not in k}
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("model_type", list(TIED_BY_DEFAULT_IN_4X))
+def test_a_config_silent_on_tying_reads_as_the_original_read_it(model_type, siglip_tower, tmp_path):
+    model = build_model(model_type, siglip_tower, vocab_size=VOCAB, tie_word_embeddings=True)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    directory = tmp_path / f"bunny-{model_type}"
+    save_as_4x_saves_a_tied_model(model, directory)
+    ids, pixels = random_prompt(9, 1, 0)[None], random_pixels(1, 0)
+    if TIED_BY_DEFAULT_IN_4X[model_type]:
+        _, loaded, _, _ = load_pretrained_model(str(directory), None, None, model_type, device="cpu")
+        assert loaded.config.tie_word_embeddings
+        torch.testing.assert_close(loaded(ids, images=pixels).logits, model(ids, images=pixels).logits)
+    else:  # read as untied, as 4.x did: the head is missing, and that is an error, not a random head
+        with pytest.raises(MissingWeightsError, match=r"lm_head\.weight.*tie_word_embeddings is false"):
+            load_pretrained_model(str(directory), None, None, model_type, device="cpu")
+
+
+def test_a_checkpoint_missing_a_weight_is_an_error_not_a_random_init(siglip_tower, tmp_path):
+    model = build_model("qwen1.5-1.8b", siglip_tower, vocab_size=VOCAB)
+    directory = tmp_path / "bunny-qwen-truncated"
+    model.save_pretrained(directory)
+    copy_tokenizer(directory)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "model.layers.1.mlp.down_proj.weight"}
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(MissingWeightsError, match=r"lacks 1 weight.*model\.layers\.1\.mlp\.down_proj\.weight"):
+        load_pretrained_model(str(directory), None, None, "qwen1.5-1.8b", device="cpu")
+    with pytest.raises(MissingWeightsError):  # the Auto classes users call after `import bunny.model` too
+        AutoModelForCausalLM.from_pretrained(directory)
+
+
+def test_a_lora_output_without_its_projector_is_an_error(base_llm, siglip_tower, tmp_path):
+    # e.g. a run with --freeze_mm_mlp_adapter: non_lora_trainables.bin then lacks the projector,
+    # which the original silently left at random
+    model = bunny_on_base(base_llm, siglip_tower)
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    directory = tmp_path / "bunny-lora-frozen-projector"
+    lora.save_pretrained(directory)
+    model.config.save_pretrained(directory)
+    torch.save({}, directory / "non_lora_trainables.bin")
+    with pytest.raises(MissingWeightsError, match=r"non_lora_trainables\.bin.*model\.mm_projector\.0\.weight"):
+        load_pretrained_model(str(directory), str(base_llm), None, "phi-2", device="cpu")
+
+
+def test_a_wrong_model_type_is_refused_naming_the_checkpoints_own(siglip_tower, base_llm, tmp_path):
+    model = build_model("qwen1.5-1.8b", siglip_tower, vocab_size=VOCAB)
+    directory = tmp_path / "bunny-qwen"
+    model.save_pretrained(directory)
+    copy_tokenizer(directory)
+    with pytest.raises(ValueError, match=r"'bunny-qwen2' checkpoint.*--model-type phi-2.*pass --model-type qwen1\.5-1\.8b"):
+        load_pretrained_model(str(directory), None, None, "phi-2", device="cpu")
+    # a base LLM of another kind under a projector-only checkpoint of the right kind
+    projector_only = tmp_path / "bunny-pretrain-qwen"
+    model.config.save_pretrained(projector_only)
+    torch.save({k: v for k, v in model.state_dict().items() if "mm_projector" in k}, projector_only / "mm_projector.bin")
+    with pytest.raises(ValueError, match=r"base-phi holds a 'phi' checkpoint.*pass --model-type phi-1\.5 or phi-2"):
+        load_pretrained_model(str(projector_only), str(base_llm), None, "qwen1.5-1.8b", device="cpu")
+
+
+@contextlib.contextmanager
+def transformers_warnings():
+    """The messages transformers logs meanwhile, at warning level and above."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_loading_on_a_remote_code_base_llm_logs_no_config_noise(siglip_tower, tmp_path):
+    # MiniCPM's own checkpoints are remote code (model_type "minicpm", unknown to transformers), so
+    # AutoTokenizer fell back to a bare config and warned of a model "of type ``" on every load
+    llm = build_model("minicpm", None, vocab_size=VOCAB, tie_word_embeddings=True)
+    base = tmp_path / "MiniCPM-2B"
+    llm.save_pretrained(base)
+    copy_tokenizer(base)
+    config = json.loads((base / "config.json").read_text())
+    config.update(model_type="minicpm", architectures=["MiniCPMForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_minicpm.MiniCPMConfig"})
+    (base / "config.json").write_text(json.dumps(config))
+    bunny = build_model("minicpm", siglip_tower, vocab_size=VOCAB, tie_word_embeddings=True)
+    projector_only = tmp_path / "bunny-pretrain-minicpm"
+    bunny.config.save_pretrained(projector_only)
+    torch.save({k: v for k, v in bunny.state_dict().items() if "mm_projector" in k}, projector_only / "mm_projector.bin")
+    with transformers_warnings() as logged:
+        tokenizer, loaded, _, _ = load_pretrained_model(str(projector_only), str(base), None, "minicpm", device="cpu")
+        tokenizer.decode([5, 6, 7])
+    assert not [m for m in logged if "to instantiate a model of type" in m or "clean_up_tokenization_spaces" in m]
+    assert torch.equal(loaded.lm_head.weight, llm.lm_head.weight)
+
+
+def test_the_training_tokenizer_decodes_without_the_cleanup_notice(tmp_path):
+    directory = tmp_path / "tok"
+    directory.mkdir()
+    copy_tokenizer(directory)
+    with transformers_warnings() as logged:
+        tokenizer = load_training_tokenizer(str(directory), "qwen1.5-1.8b", 64)
+        tokenizer.decode([5, 6, 7])
+    assert not [m for m in logged if "clean_up_tokenization_spaces" in m]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from bunny.model.checkpoint_files import MissingWeightsError
 from bunny.model.vision_tower import build_vision_tower
 from tiny import eva_clip_visual_shapes, random_visual_weights
 from bunny.model.vision_tower.eva_clip import (
@@ -296,14 +297,17 @@ def test_hyper_parameters_that_do_not_fit_the_weights_are_an_error(tmp_path, tin
     assert "size mismatch for pos_embed" in str(error.value)
 
 
-def test_incompatible_keys_are_logged_with_original_names(tmp_path, tiny_weights, caplog):
+def test_missing_weights_are_an_error_and_unused_ones_are_logged_with_original_names(tmp_path, tiny_weights, caplog):
+    # the original only logged a missing weight, which then stayed at its random initialisation
     weights = {k: v for k, v in tiny_weights.items() if k != "blocks.2.mlp.w3.weight"}
-    weights["blocks.0.attn.relative_position_bias_table"] = torch.zeros(3)
     path = save_eva_checkpoint(tmp_path / "EVA02_CLIP_partial.pt", TINY, weights)
+    with pytest.raises(MissingWeightsError, match=r"EVA02_CLIP_partial\.pt lacks 1 weight.*blocks\.2\.mlp\.w3\.weight"):
+        EvaClipVisionTower(path)
+    weights = dict(tiny_weights, **{"blocks.0.attn.relative_position_bias_table": torch.zeros(3)})
+    path = save_eva_checkpoint(tmp_path / "EVA02_CLIP_extra.pt", TINY, weights)
     with caplog.at_level(logging.WARNING, logger="bunny.model.vision_tower.eva_clip"):
         EvaClipVisionTower(path)
-    assert "blocks.2.mlp.w3.weight" in caplog.text
-    assert "blocks.0.attn.relative_position_bias_table" in caplog.text
+    assert "unused keys ['blocks.0.attn.relative_position_bias_table']" in caplog.text
 
 
 def test_eva_clip_model_config_json(tmp_path):

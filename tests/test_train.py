@@ -172,6 +172,14 @@ def test_lora_pipeline_merge_and_load(world, lora_run, tmp_path):
     assert (base_logits - lora_logits).abs().max() > 1e-3
 
 
+def test_training_refuses_an_llm_of_another_model_type(world, tmp_path):
+    argv = pretrain_args(world, tmp_path / "out")
+    argv[argv.index("--model_type") + 1] = "qwen1.5-1.8b"
+    with pytest.raises(ValueError, match=r"llm holds a 'phi' checkpoint.*pass --model-type phi-1\.5 or phi-2"):
+        train(argv)
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
 def test_full_finetune_with_unfrozen_tower(world, pretrained, tmp_path):
     output = tmp_path / "bunny-phi-2-full"
     train(finetune_args(world, output, pretrained / "mm_projector.bin", "--unfreeze_vision_tower", "True",

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoTokenizer
-
 from bunny.model.backbones import get_backbone
+from bunny.model.builder import load_tokenizer
 
 
 def load_training_tokenizer(
@@ -19,13 +18,8 @@ def load_training_tokenizer(
     """The tokenizer of `model_name_or_path` set up for training; `model_type` None applies no
     model-specific quirk (only pad = unk)."""
     backbone = get_backbone(model_type) if model_type is not None else None  # unknown: error naming valid ones
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_name_or_path,
-        cache_dir=cache_dir,
-        model_max_length=model_max_length,
-        padding_side="right",
-        use_fast=True,
-        trust_remote_code=bool(backbone and backbone.tokenizer_trust_remote_code),
+    tokenizer = load_tokenizer(
+        model_name_or_path, backbone, cache_dir=cache_dir, model_max_length=model_max_length, padding_side="right"
     )
     if tokenizer.pad_token is None and tokenizer.unk_token is not None:
         tokenizer.pad_token = tokenizer.unk_token

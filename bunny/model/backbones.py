@@ -1,12 +1,14 @@
 """The seven LLM back-ends, keyed by the model type string users pass (`--model-type`).
 
 One row per model type: the Bunny config/model classes (native transformers architectures), the
-conversation template it was trained with, and the tokenizer quirks the original applied.
+`model_type` strings of the base LLMs it is trained from, the conversation template it was trained
+with, and the tokenizer quirks the original applied.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bunny.model.language_model import (
     BunnyLlamaConfig,
@@ -28,19 +30,23 @@ from bunny.model.language_model import (
 class Backbone:
     config_class: type
     model_class: type
+    base_model_types: tuple[str, ...]  # `model_type` of the upstream LLM checkpoints it starts from
     template: str  # conversation template for finetuning and chat
     eos_token: str | None = None  # eos forced by token text (llama-3: <|end_of_text|>, id 128001)
     tokenizer_trust_remote_code: bool = False
 
 
 BACKBONES: dict[str, Backbone] = {
-    "phi-1.5": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, "bunny"),
-    "phi-2": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, "bunny"),
-    "phi-3": Backbone(BunnyPhi3Config, BunnyPhi3ForCausalLM, "phi3"),
-    "stablelm-2": Backbone(BunnyStableLMConfig, BunnyStableLMForCausalLM, "bunny", tokenizer_trust_remote_code=True),
-    "qwen1.5-1.8b": Backbone(BunnyQwen2Config, BunnyQwen2ForCausalLM, "bunny"),
-    "minicpm": Backbone(BunnyMiniCPMConfig, BunnyMiniCPMForCausalLM, "minicpm"),
-    "llama3-8b": Backbone(BunnyLlamaConfig, BunnyLlamaForCausalLM, "llama", eos_token="<|end_of_text|>"),
+    "phi-1.5": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, ("phi",), "bunny"),
+    "phi-2": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, ("phi",), "bunny"),
+    "phi-3": Backbone(BunnyPhi3Config, BunnyPhi3ForCausalLM, ("phi3",), "phi3"),
+    "stablelm-2": Backbone(
+        BunnyStableLMConfig, BunnyStableLMForCausalLM, ("stablelm", "stablelm_epoch"), "bunny",
+        tokenizer_trust_remote_code=True,
+    ),
+    "qwen1.5-1.8b": Backbone(BunnyQwen2Config, BunnyQwen2ForCausalLM, ("qwen2",), "bunny"),
+    "minicpm": Backbone(BunnyMiniCPMConfig, BunnyMiniCPMForCausalLM, ("minicpm",), "minicpm"),
+    "llama3-8b": Backbone(BunnyLlamaConfig, BunnyLlamaForCausalLM, ("llama",), "llama", eos_token="<|end_of_text|>"),
 }
 
 MODEL_TYPES = tuple(BACKBONES)
@@ -51,3 +57,34 @@ def get_backbone(model_type: str) -> Backbone:
         return BACKBONES[model_type]
     except KeyError:
         raise ValueError(f"Unknown Model Type {model_type!r}; valid model types: {', '.join(MODEL_TYPES)}") from None
+
+
+def _model_types_reading(config_model_type: str) -> list[str]:
+    """The `--model-type` values whose Bunny or base LLM checkpoints carry `config_model_type`."""
+    return [
+        name for name, backbone in BACKBONES.items()
+        if config_model_type == backbone.config_class.model_type or config_model_type in backbone.base_model_types
+    ]
+
+
+def check_checkpoint_type(path: str, model_type: str, config_dict: dict[str, Any] | None = None) -> None:
+    """Refuse to read the checkpoint at `path` as `model_type` when its config names another LLM.
+
+    Loading it anyway would leave the weights the other architecture lacks at random (the model
+    chats garbage). `config_dict` is the checkpoint's config.json, read here when not given.
+    """
+    backbone = get_backbone(model_type)
+    if config_dict is None:
+        from transformers import PreTrainedConfig
+
+        config_dict, _ = PreTrainedConfig.get_config_dict(path)
+    found = config_dict.get("model_type")
+    expected = (backbone.config_class.model_type, *backbone.base_model_types)
+    if found is None or found in expected:
+        return
+    readers = _model_types_reading(found)
+    hint = f"pass --model-type {' or '.join(readers)}" if readers else "it is not an LLM Bunny is built on"
+    raise ValueError(
+        f"{path} holds a {found!r} checkpoint (model_type in its config.json), but --model-type {model_type} reads "
+        f"{' or '.join(repr(t) for t in expected)} checkpoints: {hint}"
+    )

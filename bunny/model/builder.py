@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 
-from bunny.model.backbones import Backbone, get_backbone
-from bunny.model.checkpoint_files import load_projector_weights, load_state_file, tensor_names
+from bunny.model.backbones import Backbone, check_checkpoint_type, get_backbone
+from bunny.model.checkpoint_files import MissingWeightsError, load_projector_weights, load_state_file, tensor_names
 from bunny.model.language_model import VISION_TOWER_PREFIX
 from bunny.util.mm_utils import get_model_name_from_path
 
@@ -90,6 +90,19 @@ def _quantization_kwargs(load_8bit: bool, load_4bit: bool, dtype: torch.dtype) -
     return {}
 
 
+PROJECTOR_PREFIX = "model.mm_projector."
+
+
+def _load_on_base(model_base: str, config: Any, backbone: Backbone, load_kwargs: dict[str, Any]):
+    """The Bunny model of `config` with the LLM weights of `model_base`, and the projector keys the
+    base lacked (a plain LLM has none; a Bunny model as base has its own), to be loaded by the caller."""
+    model, info = backbone.model_class.from_pretrained(
+        model_base, config=config, load_vision_tower=False, loaded_later=(PROJECTOR_PREFIX,),
+        output_loading_info=True, **load_kwargs,
+    )
+    return model, {k for k in info["missing_keys"] if k.startswith(PROJECTOR_PREFIX)}
+
+
 def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs: dict[str, Any]):
     from peft import PeftModel
 
@@ -98,7 +111,7 @@ def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs
         # A QLoRA run records how its base was quantised for training; loading quantises only on
         # request (load_8bit/load_4bit), and the merge needs full-precision weights.
         del config.quantization_config
-    model = backbone.model_class.from_pretrained(model_base, config=config, load_vision_tower=False, **load_kwargs)
+    model, projector_missing = _load_on_base(model_base, config, backbone, load_kwargs)
     if model.get_vision_tower() is not None:
         model.load_vision_tower()  # before the trainables, which may hold tuned tower weights
     trainables = _local_or_hub_file(model_path, "non_lora_trainables.bin") or _local_or_hub_file(
@@ -111,6 +124,9 @@ def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs
     unknown = sorted(k for k in state if k not in own)
     if unknown:
         raise ValueError(f"{trainables} has weights this model does not have: {unknown[:5]}")
+    absent = sorted(projector_missing - set(state))
+    if absent:
+        raise MissingWeightsError(f"{trainables} (with the base {model_base})", config, absent)
     model.load_state_dict(state, strict=False)
     logger.info("merging LoRA weights from %s", model_path)
     from peft import PeftConfig
@@ -142,8 +158,8 @@ def _load_projector_only(model_path: str, model_base: str, backbone: Backbone, l
             f"{model_path} is used with a base model but holds neither LoRA adapter files "
             f"(adapter_config.json) nor a projector (mm_projector.bin); to load a full checkpoint, drop --model-base"
         )
-    model = backbone.model_class.from_pretrained(model_base, config=config, load_vision_tower=False, **load_kwargs)
-    load_projector_weights(model.get_model().mm_projector, projector_file)
+    model, _ = _load_on_base(model_base, config, backbone, load_kwargs)
+    load_projector_weights(model.get_model().mm_projector, projector_file)  # every projector weight required
     return model
 
 
@@ -158,8 +174,43 @@ def context_length(config: Any) -> int:
     return 2048
 
 
+def read_config(path: str, model_type: str, **overrides: Any) -> Any:
+    """The config of the checkpoint at `path` (a Bunny model or the LLM it starts from) as the Bunny
+    config class of `model_type`; a checkpoint of another LLM is refused (`check_checkpoint_type`).
+    `cache_dir` is used for the download; other keyword arguments override config fields."""
+    from transformers import PreTrainedConfig
+
+    config_dict, _ = PreTrainedConfig.get_config_dict(path, cache_dir=overrides.pop("cache_dir", None))
+    check_checkpoint_type(path, model_type, config_dict)
+    # Read through the Bunny class directly: transformers' own reading warns on every base LLM that
+    # its model_type ("phi") is not the class's ("bunny-phi").
+    return get_backbone(model_type).config_class.from_dict(config_dict, **overrides)
+
+
+def load_tokenizer(path: str, backbone: Backbone | None = None, **kwargs: Any) -> Any:
+    """The tokenizer of the checkpoint at `path` (`kwargs` go to `AutoTokenizer.from_pretrained`),
+    with the tokenizer code `backbone` trusts.
+
+    Its config is read here: left to `AutoTokenizer`, a config whose class transformers can't build
+    (a remote-code base LLM such as MiniCPM's) makes it fall back to a bare `PreTrainedConfig`, with
+    a warning about a model "of type ``" on every load. The fallback is the same, without the warning.
+    """
+    from transformers import PreTrainedConfig
+
+    trust_remote_code = bool(backbone and backbone.tokenizer_trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, cache_dir=kwargs.get("cache_dir"))
+    except (ValueError, OSError):
+        config = PreTrainedConfig()
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, config=config, use_fast=True, trust_remote_code=trust_remote_code, **kwargs
+    )
+    disable_bpe_cleanup(tokenizer)
+    return tokenizer
+
+
 def disable_bpe_cleanup(tokenizer: Any) -> None:
-    """transformers 5 ignores `clean_up_tokenization_spaces` for BPE and warns at the first decode; say so up front."""
+    """transformers 5 ignores `clean_up_tokenization_spaces` for BPE and warns at every decode; say so up front."""
     backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
     if type(backend).__name__ == "BPE":
         tokenizer.clean_up_tokenization_spaces = False
@@ -167,7 +218,6 @@ def disable_bpe_cleanup(tokenizer: Any) -> None:
 
 def setup_tokenizer_for_generation(tokenizer: Any, model: Any, backbone: Backbone) -> None:
     """The special-token fixes the original applied at load time."""
-    disable_bpe_cleanup(tokenizer)
     if backbone.eos_token is not None:
         eos_id = tokenizer.convert_tokens_to_ids(backbone.eos_token)
         if eos_id is None or eos_id == tokenizer.unk_token_id:
@@ -214,10 +264,10 @@ def load_pretrained_model(
             raise ValueError(f"{model_path} is a LoRA checkpoint (adapter_config.json); pass its base LLM as model_base")
         logger.warning("%s looks like a LoRA checkpoint but no model_base was given; loading it as a full model", model_path)
         lora = False
-    tokenizer_source = model_base if model_base is not None else model_path
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_source, use_fast=True, trust_remote_code=backbone.tokenizer_trust_remote_code
-    )
+    for checkpoint in (model_path, model_base):
+        if checkpoint is not None:
+            check_checkpoint_type(checkpoint, model_type)
+    tokenizer = load_tokenizer(model_base if model_base is not None else model_path, backbone)
 
     if lora:
         model = _load_lora(model_path, model_base, backbone, load_kwargs)

@@ -5,8 +5,29 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Any, Sequence
 
 import torch
+
+
+class MissingWeightsError(ValueError):
+    """A checkpoint lacks weights the model needs; loading on would leave them at random."""
+
+    def __init__(self, checkpoint: str, config: Any, missing: Sequence[str]) -> None:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        kind = getattr(config, "model_type", None) or type(config).__name__
+        tied = getattr(config, "tie_word_embeddings", None)
+        hint = (
+            " The head is not tied to the embeddings (tie_word_embeddings is false in the config), so it must be stored."
+            if any(k.startswith("lm_head.") for k in missing) and tied is False
+            else ""
+        )
+        super().__init__(
+            f"{checkpoint} lacks {len(missing)} weight(s) of this {kind} model, which would be "
+            f"left at random: {shown}.{hint} Check that the checkpoint is of the kind being loaded (--model-type) "
+            "and that its weight files are complete."
+        )
+        self.missing = list(missing)
 
 
 def load_state_file(path: str) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,7 @@ from transformers import (
 from transformers.activations import GELUTanh, NewGELUActivation
 
 from bunny.constants import IMAGE_TOKEN_INDEX
-from bunny.model.checkpoint_files import read_checkpoint_tensors
+from bunny.model.checkpoint_files import MissingWeightsError, read_checkpoint_tensors
 from bunny.model.kv_cache import BLOCK, BlockGrowingCache
 from bunny.model.merge import MergedInputs, merge_image_features
 from bunny.model.projector import build_vision_projector
@@ -117,6 +117,10 @@ class BunnyMiniCPMConfig(BunnyConfigMixin, GraniteConfig):
     the source of truth and are written back to config.json."""
 
     model_type = "bunny-minicpm"
+    # MiniCPM's own config (and so every Bunny MiniCPM checkpoint written with transformers 4.x)
+    # ties the head to the embeddings by default, and 4.x omits a value equal to the default from
+    # config.json; Granite's default (untied) would leave lm_head at random.
+    tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs: Any) -> None:
         self.scale_emb = kwargs.pop("scale_emb", 1)
@@ -191,13 +195,29 @@ class BunnyMixin:
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, *args: Any, load_vision_tower: bool = True, **kwargs: Any):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str,
+        *args: Any,
+        load_vision_tower: bool = True,
+        loaded_later: Sequence[str] = (),
+        **kwargs: Any,
+    ):
         """`from_pretrained`, then the vision tower from `mm_vision_tower` (and the checkpoint's own
-        tower weights when `unfreeze_vision_tower` or `continuous_training` is set)."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        tower weights when `unfreeze_vision_tower` or `continuous_training` is set).
+
+        A weight the checkpoint lacks would be left at its random initialisation: that is a
+        `MissingWeightsError`, except for the modules named in `loaded_later` (state-dict key
+        prefixes, e.g. the projector of a LoRA output, which the caller loads from another file).
+        """
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        missing = sorted(k for k in info["missing_keys"] if not k.startswith(tuple(loaded_later)))
+        if missing:
+            raise MissingWeightsError(pretrained_model_name_or_path, model.config, missing)
         if load_vision_tower and model.get_vision_tower() is not None:
             model.load_vision_tower(pretrained_model_name_or_path if model.tower_weights_in_checkpoint else None)
-        return model
+        return (model, info) if wants_info else model
 
     @property
     def tower_weights_in_checkpoint(self) -> bool:

@@ -31,7 +31,7 @@ from bunny.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedD
 from bunny.data.preprocess import training_template
 from bunny.data.tokenizer import load_training_tokenizer
 from bunny.model.backbones import Backbone, get_backbone
-from bunny.model.builder import NOT_QUANTISED
+from bunny.model.builder import NOT_QUANTISED, read_config
 from bunny.model.checkpoint_files import load_projector_weights
 from bunny.model.projector import build_vision_projector
 from bunny.model.vision_tower import build_vision_tower
@@ -64,10 +64,11 @@ def load_language_model(model_args: ModelArguments, args: TrainingArguments, bac
             bnb_4bit_use_double_quant=args.double_quant,
             bnb_4bit_quant_type=args.quant_type,
         )
+    overrides = {}
     if backbone.config_class.model_type in ("bunny-phi", "bunny-llama"):
-        kwargs["bos_token_id"] = tokenizer.bos_token_id
-        kwargs["eos_token_id"] = tokenizer.eos_token_id
-    model = backbone.model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
+        overrides = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = read_config(model_args.model_name_or_path, model_args.model_type, cache_dir=args.cache_dir, **overrides)
+    model = backbone.model_class.from_pretrained(model_args.model_name_or_path, config=config, **kwargs)
     model.config.use_cache = False
     return model
 

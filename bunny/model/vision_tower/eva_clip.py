@@ -48,6 +48,7 @@ from PIL import Image
 from torch import nn
 from transformers.image_processing_utils import BatchFeature
 
+from bunny.model.checkpoint_files import MissingWeightsError
 from bunny.model.vision_tower.base import VisionTower
 
 logger = logging.getLogger(__name__)
@@ -384,12 +385,13 @@ class EvaClipVisionTower(VisionTower):
                 f"EVA-CLIP weights from {path} do not fit {config} (overrides are read from "
                 f"{config_path_for(path)}): {err}"
             ) from err
-        # As the original, mismatches are reported, not fatal; names are given as in the checkpoint.
-        if incompatible.missing_keys or incompatible.unexpected_keys:
+        # Names are given as in the checkpoint. A missing weight would stay random (the original only
+        # logged it); weights the tower does not use are reported.
+        if incompatible.missing_keys:
+            raise MissingWeightsError(path, config, [timm_to_eva_clip_key(k) for k in incompatible.missing_keys])
+        if incompatible.unexpected_keys:
             logger.warning(
-                "EVA-CLIP weights from %s: missing keys %s, unexpected keys %s",
-                path,
-                [timm_to_eva_clip_key(k) for k in incompatible.missing_keys],
+                "EVA-CLIP weights from %s: unused keys %s", path,
                 [timm_to_eva_clip_key(k) for k in incompatible.unexpected_keys],
             )
         self.image_processor = EvaClipImageProcessor(config.image_size)
