@@ -3,6 +3,7 @@ errors the original did not give (tokenizer/template mismatch, empty labels, bad
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -226,3 +227,23 @@ def test_missing_and_corrupt_images_name_file_and_sample(tmp_path, siglip_proces
         dataset[1]
     with pytest.raises(ImageLoadError, match=r"sample 2 \(id 'corrupt.png'\).*corrupt.png"):
         dataset[2]
+
+
+@pytest.mark.parametrize("projector_type,rejected", [("ldp", 0), ("mlp2x_gelu", 1)])
+def test_inspect_counts_the_positions_the_projector_gives_an_image(projector_type, rejected, tmp_path):
+    # siglip-tiny has 4x4 patches: ldp makes 2x2 = 4 positions of them, mlp2x_gelu keeps 16
+    from bunny.data import inspect
+
+    turns = [{"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": "A red square."}]
+    tokenizer = tokenizer_for("phi-2")
+    sample = tokenize_sample(move_image_to_front(turns), tokenizer, get_conv_template("bunny"), has_image=True)
+    first = next(i for i, label in enumerate(sample.labels) if label != IGNORE_INDEX)  # the image counted as 1
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": "s", "image": "test_image.png", "conversations": turns}]))
+    args = inspect.parse_args([
+        "--data_path", str(data), "--model_name_or_path", str(FIXTURES / "tokenizers" / "tok-phi"),
+        "--version", "bunny", "--model_max_length", str(first + 4), "--model_type", "phi-2",
+        "--image_folder", str(FIXTURES / "images"), "--vision_tower", str(FIXTURES / "siglip-tiny"),
+        "--image_aspect_ratio", "pad", "--mm_projector_type", projector_type, "--json",
+    ])
+    assert inspect.inspect(args, io.StringIO()) == rejected

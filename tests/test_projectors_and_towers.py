@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from bunny.model.projector import build_vision_projector
+from bunny.model.projector import build_vision_projector, projected_token_count
 from bunny.model.vision_tower import build_vision_tower, vision_tower_type
 from tiny import build_model, random_pixels, random_prompt, save_siglip_tower
 
@@ -80,6 +80,8 @@ def test_models_with_every_projector_save_reload_generate(projector_type, siglip
     pixels = random_pixels(1, 0)
     logits = model(ids, images=pixels).logits
     assert logits.shape[1] == 6 - 1 + PROJECTORS[projector_type][0]
+    # what the worker's context check and training's supervision check count per image
+    assert model.image_token_count == logits.shape[1] - 5
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     torch.testing.assert_close(again(ids, images=pixels).logits, logits)
@@ -198,3 +200,9 @@ def test_second_tower_directory(tmp_path):
     tower = save_siglip_tower(tmp_path / "siglip-32", image_size=32)
     model = build_model("phi-2", tower)
     assert model.encode_images(random_pixels(1, 0, size=32)).shape == (1, 64, 32)
+
+
+@pytest.mark.parametrize("projector_type,grid", [("ldp", 27), ("spp_v2", 27), ("minigpt", 24), ("mlp2x_gelu", 27)])
+def test_projected_token_count_at_real_tower_sizes(projector_type, grid):
+    real = build_vision_projector(SimpleNamespace(mm_projector_type=projector_type, mm_hidden_size=24, hidden_size=40))
+    assert projected_token_count(projector_type, grid * grid) == real(torch.zeros(1, grid * grid, 24)).shape[1]

@@ -487,3 +487,23 @@ def test_the_original_flags_and_the_readmes_abbreviations_parse():
     assert (args.model_base, args.limit_model_concurrency, args.no_register, args.load_8bit) == ("b", 3, True, True)
     assert model_worker.build_parser().parse_args(["--model-path", "m", "--model-type", "phi-2"]).host == "127.0.0.1"
     assert all(action.help for action in model_worker.build_parser()._actions)
+
+
+def test_context_check_and_usage_count_the_positions_the_projector_gives_an_image(siglip_tower):
+    # ldp turns the tiny tower's 4x4 patches into 2x2: an image takes 4 positions, not 16
+    from transformers import AutoTokenizer
+
+    from tiny import build_model
+
+    tokenizer = AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "tok-phi")
+    model = build_model("phi-2", siglip_tower, projector="ldp", vocab_size=1000)
+    processor = model.get_vision_tower().image_processor
+    prompt = image_prompt("bunny", "What is shown in this picture?")
+    input_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
+    spliced = model.prepare_multimodal_inputs(input_ids, process_images([Image.open(IMAGES[0])], processor, model.config))
+    assert model.get_vision_tower().num_patches == 16 and spliced.inputs_embeds.shape[1] == input_ids.shape[1] - 1 + 4
+    worker = model_worker.ModelWorker(
+        tokenizer, model, processor, spliced.inputs_embeds.shape[1] + 10, "tiny-ldp", "phi-2", generate_in_background=False,
+    )
+    request, prompt_tokens = worker.make_request(prompt, [Image.open(IMAGES[0])], 64)
+    assert prompt_tokens == spliced.inputs_embeds.shape[1] and request.max_new_tokens == 10

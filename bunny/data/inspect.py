@@ -3,7 +3,8 @@
 Run as:
     python -m bunny.data.inspect --data_path data.json --model_name_or_path microsoft/phi-2 \\
         --version bunny --model_max_length 2048 [--model_type phi-2] \\
-        [--image_folder images --vision_tower google/siglip-so400m-patch14-384 --image_aspect_ratio pad] \\
+        [--image_folder images --vision_tower google/siglip-so400m-patch14-384 --image_aspect_ratio pad \\
+         --mm_projector_type mlp2x_gelu] \\
         [--tokenization_mismatch error|mask] [--json]
 
 Supervised text is shown in green on a terminal and between `[[` and `]]` otherwise. `--json`
@@ -23,7 +24,6 @@ from bunny.data.dataset import LazySupervisedDataset
 from bunny.data.preprocess import MISMATCH_MODES, TokenizationMismatchError, TokenizedSample, training_template
 from bunny.data.tokenizer import load_training_tokenizer
 from bunny.model.backbones import MODEL_TYPES
-from bunny.model.builder import disable_bpe_cleanup
 from bunny.util.mm_utils import ImageLoadError
 
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -39,19 +39,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_folder", default=None, help="root of the samples' image paths; images are opened")
     parser.add_argument("--vision_tower", default=None, help="tower whose processor checks the images and sets the image length")
     parser.add_argument("--image_aspect_ratio", default=None, help="pad or square, as in training")
+    parser.add_argument(
+        "--mm_projector_type", default="mlp2x_gelu",
+        help="as in training; with --vision_tower it sets how many positions an image takes (ldp, spp_v*, vanilla and minigpt shorten it)",
+    )
     parser.add_argument("--tokenization_mismatch", default="error", choices=MISMATCH_MODES, help="as in training")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample instead of text")
     return parser.parse_args(argv)
 
 
-def _image_processor(vision_tower: str | None) -> tuple[Any, int | None]:
+def _image_processor(vision_tower: str | None, projector_type: str) -> tuple[Any, int | None]:
+    """The tower's image processor and the positions one image takes after the projector."""
     if vision_tower is None:
         return None, None
+    from bunny.model.projector import projected_token_count
     from bunny.model.vision_tower import build_vision_tower
 
     tower = build_vision_tower(argparse.Namespace(mm_vision_tower=vision_tower), delay_load=True)
     tower.load_model()
-    return tower.image_processor, tower.num_patches
+    return tower.image_processor, projected_token_count(projector_type, tower.num_patches)
 
 
 def render(sample: TokenizedSample, tokenizer: Any, colour: bool) -> str:
@@ -72,8 +78,7 @@ def render(sample: TokenizedSample, tokenizer: Any, colour: bool) -> str:
 def inspect(args: argparse.Namespace, out: TextIO) -> int:
     """Writes the report to `out`; returns the number of samples training would reject."""
     tokenizer = load_training_tokenizer(args.model_name_or_path, args.model_type, args.model_max_length)
-    disable_bpe_cleanup(tokenizer)  # the report decodes token by token
-    processor, image_tokens = _image_processor(args.vision_tower)
+    processor, image_tokens = _image_processor(args.vision_tower, args.mm_projector_type)
     dataset = LazySupervisedDataset(
         args.data_path,
         tokenizer,

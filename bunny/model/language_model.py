@@ -37,7 +37,7 @@ from bunny.constants import IMAGE_TOKEN_INDEX
 from bunny.model.checkpoint_files import MissingWeightsError, read_checkpoint_tensors
 from bunny.model.kv_cache import BLOCK, BlockGrowingCache
 from bunny.model.merge import MergedInputs, merge_image_features
-from bunny.model.projector import build_vision_projector
+from bunny.model.projector import build_vision_projector, projected_token_count
 from bunny.model.vision_tower import build_vision_tower
 from bunny.util.mm_utils import process_images
 
@@ -188,6 +188,14 @@ class BunnyMixin:
 
     def get_vision_tower(self) -> nn.Module | None:
         return getattr(self.model, "vision_tower", None)
+
+    @property
+    def image_token_count(self) -> int:
+        """Positions one image takes in the spliced sequence (the projector's output length)."""
+        tower = self.get_vision_tower()
+        if tower is None:
+            return 0
+        return projected_token_count(getattr(self.config, "mm_projector_type", "linear"), tower.num_patches)
 
     def process_images(self, images: list, model_cfg: Any = None) -> torch.Tensor | list:
         """PIL images -> pixel values for this model's tower (as in the original quickstart)."""

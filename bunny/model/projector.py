@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -191,3 +192,16 @@ def build_vision_projector(config: Any) -> nn.Module:
     if match := _SPP.match(projector_type):
         return SPP(mm_hidden_size, hidden_size, variant=int(match.group(1)))
     raise ValueError(f"Unknown projector type: {projector_type!r}; valid types: {PROJECTOR_TYPES_HELP}")
+
+
+def projected_token_count(projector_type: str, num_patches: int) -> int:
+    """How many embedding rows one image becomes: the length of what a `projector_type` projector
+    makes of `num_patches` tower features, i.e. what the splice inserts per `<image>`.
+
+    Found by running a narrow projector of that type (the widths do not change the count), so it
+    can't disagree with the real one: `ldp` gives ceil(sqrt(N)/2)^2, `spp_v*` floor(sqrt(N)/2)^2,
+    `vanilla`/`minigpt` N/4, the others N.
+    """
+    probe = build_vision_projector(SimpleNamespace(mm_projector_type=projector_type, mm_hidden_size=4, hidden_size=4))
+    with torch.no_grad():
+        return probe(torch.zeros(1, num_patches, 4)).shape[1]

@@ -106,8 +106,7 @@ class ModelWorker:
         self.heart_beat_interval = heart_beat_interval
         self.max_image_pixels, self.max_image_bytes = max_image_pixels, max_image_bytes
         self.image_fetch_timeout = image_fetch_timeout
-        tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
-        self.image_tokens = tower.num_patches if tower is not None else 0
+        self.image_tokens = getattr(model, "image_token_count", 0)  # positions per image after the projector
         self.engine = BatchGenerator(
             model, tokenizer, image_processor, max_batch_size=limit_model_concurrency, batch_window=batch_window,
             background=generate_in_background, log=self.logger,
@@ -194,7 +193,7 @@ class ModelWorker:
         self, prompt: str, images: list[Any], wanted: int | None, **settings: Any
     ) -> tuple[GenerationRequest, int]:
         """The generation request and the prompt's length in model positions (text ids plus each
-        image's patches). Its max_new_tokens is `wanted` (default and cap: MAX_NEW_TOKENS) within
+        image's projected features). Its max_new_tokens is `wanted` (default and cap: MAX_NEW_TOKENS) within
         what the context leaves, so less than 1 when the prompt fills the context."""
         markers = prompt.count(DEFAULT_IMAGE_TOKEN)
         if markers != len(images):

@@ -234,7 +234,7 @@ def train(argv: list[str] | None = None) -> BunnyTrainer:
         image_aspect_ratio=data_args.image_aspect_ratio,
         is_multimodal=data_args.is_multimodal,
         tokenization_mismatch=data_args.tokenization_mismatch,
-        image_tokens=tower.num_patches,
+        image_tokens=bunny.image_token_count,
     )
     trainer = BunnyTrainer(
         model=model,
