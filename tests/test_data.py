@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -227,6 +228,83 @@ def test_missing_and_corrupt_images_name_file_and_sample(tmp_path, siglip_proces
         dataset[1]
     with pytest.raises(ImageLoadError, match=r"sample 2 \(id 'corrupt.png'\).*corrupt.png"):
         dataset[2]
+
+
+LONG_TURNS = [
+    {"from": "human", "value": "What is the colour of the big box in the picture? " * 2},
+    {"from": "gpt", "value": "It is red, and the box is big. " * 4},
+    {"from": "human", "value": "And the small one?"},
+    {"from": "gpt", "value": "Blue."},
+]
+
+
+@pytest.mark.parametrize("profile,template", [("llama3-8b", "bunny"), ("phi-2", "llama")])
+@pytest.mark.parametrize("has_image", [False, True])
+def test_a_mismatch_is_caught_in_samples_longer_than_model_max_length(profile, template, has_image):
+    # The original checked its round lengths only while they stayed below model_max_length, so a long
+    # sample kept labels shifted off their tokens; the check now runs on the whole sample.
+    tokenizer = tokenizer_for(profile, max_length=60)
+    turns = [dict(turn) for turn in LONG_TURNS]
+    if has_image:
+        turns[0]["value"] = "<image>\n" + turns[0]["value"]
+    assert len(tokenizer(get_conv_template(template).copy().get_prompt()).input_ids) < 60
+    with pytest.raises(TokenizationMismatchError, match=f"template '{template}'"):
+        tokenize_sample(turns, tokenizer, get_conv_template(template), has_image=has_image, where="s")
+    masked = tokenize_sample(turns, tokenizer, get_conv_template(template), has_image=has_image, mismatch="mask")
+    assert masked.fully_masked == "tokenization mismatch" and masked.num_supervised == 0
+    if not has_image:  # text-only samples are still truncated, images are spliced first
+        assert len(masked.input_ids) == 60 and masked.input_ids == tokenizer(masked.prompt).input_ids[:60]
+
+
+def test_a_long_matching_sample_is_truncated_with_its_labels():
+    whole = tokenize_sample(LONG_TURNS, tokenizer_for("phi-2"), get_conv_template("bunny"), has_image=False)
+    limit = next(i for i, label in enumerate(whole.labels) if label != IGNORE_INDEX) + 5  # within the first reply
+    cut = tokenize_sample(LONG_TURNS, tokenizer_for("phi-2", max_length=limit), get_conv_template("bunny"), has_image=False)
+    assert len(whole.input_ids) > limit and cut.fully_masked is None
+    assert (cut.input_ids, cut.labels) == (whole.input_ids[:limit], whole.labels[:limit]) and cut.num_supervised == 5
+
+
+@pytest.mark.parametrize(
+    "turns,has_image,cause",
+    [
+        ([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "And?"}],
+         False, r"the last turn \(turn 2\) is a question from 'human' with no reply"),
+        ([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": ""}], False, r"turn 1: the reply \(gpt\) is empty"),
+        ([{"from": "human", "value": "  "}, {"from": "gpt", "value": "Yes."}], False, r"turn 0: the question \(human\) is empty"),
+        ([{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "A dog."}], True,
+         "it has an image but no <image> marker in its turns, so the image is unused"),
+    ],
+    ids=["unanswered", "empty-reply", "empty-question", "image-without-marker"],
+)
+def test_samples_the_original_trained_on_silently_say_what_is_wrong(turns, has_image, cause):
+    tokenizer = tokenizer_for("phi-2")
+    with pytest.raises(DataFormatError, match=rf"sample 3: {cause}"):
+        tokenize_sample(turns, tokenizer, get_conv_template("bunny"), has_image=has_image, where="sample 3")
+    # on request, trained on as the original did; a sample it masked whole says why
+    sample = tokenize_sample(turns, tokenizer, get_conv_template("bunny"), has_image=has_image, mismatch="mask")
+    if sample.fully_masked is not None:
+        assert re.search(cause, sample.fully_masked)
+
+
+def test_an_image_marked_in_two_turns_is_refused_when_the_file_is_read(tmp_path, siglip_processor):
+    data = tmp_path / "data.json"
+    turns = [{"from": "human", "value": "<image>\nA?"}, {"from": "gpt", "value": "B."}] * 2
+    data.write_text(json.dumps([{"id": "two", "image": "x.png", "conversations": turns}]))
+    with pytest.raises(DataFormatError, match=r"sample 0 \(id 'two'\): turns \[0, 2\] each mention <image>"):
+        dataset_for("phi-2", siglip_processor, data_path=data)
+
+
+def test_a_directory_given_as_the_image_says_so(tmp_path, siglip_processor):
+    (tmp_path / "images" / "cat.png").mkdir(parents=True)
+    data = tmp_path / "data.json"
+    sample = {"id": "d", "image": "cat.png", "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]}
+    data.write_text(json.dumps([sample]))
+    dataset = LazySupervisedDataset(
+        str(data), tokenizer_for("phi-2"), get_conv_template("bunny"), image_folder=str(tmp_path / "images"),
+        image_processor=siglip_processor, image_aspect_ratio="pad",
+    )
+    with pytest.raises(ImageLoadError, match=r"sample 0 \(id 'd'\).*is a directory, not an image file"):
+        dataset[0]
 
 
 @pytest.mark.parametrize("projector_type,rejected", [("ldp", 0), ("mlp2x_gelu", 1)])

@@ -82,8 +82,48 @@ def check_conversations(sample: Any, where: str) -> None:
             raise DataFormatError(f"{where}, turn {j}: expected {{'from': ..., 'value': <string>}}, got {turn!r:.80}")
         if turn.get("from") not in ROLE_NAMES:
             raise DataFormatError(f"{where}, turn {j}: 'from' is {turn.get('from')!r}, expected 'human' or 'gpt'")
-    if "image" in sample and not isinstance(sample["image"], str):
-        raise DataFormatError(f"{where}: 'image' must be a path string, got {sample['image']!r:.80}")
+    check_turns(turns, where)
+    if "image" in sample:
+        if not isinstance(sample["image"], str):
+            raise DataFormatError(f"{where}: 'image' must be a path string, got {sample['image']!r:.80}")
+        marked = [j for j, turn in enumerate(turns) if DEFAULT_IMAGE_TOKEN in turn["value"]]
+        if len(marked) > 1:  # one placeholder per marked turn, one image: the splice can't match them
+            raise DataFormatError(
+                f"{where}: turns {marked} each mention {DEFAULT_IMAGE_TOKEN}, but the sample has one image; "
+                "mark it in one turn only"
+            )
+
+
+def check_turns(turns: list[dict[str, str]], where: str) -> None:
+    """Human and gpt turns that alternate (a leading gpt turn is dropped, as in the original, which
+    crashed on turns out of order)."""
+    first = 1 if turns[0]["from"] != "human" else 0
+    if first == len(turns):
+        raise DataFormatError(f"{where}: only a gpt turn, which is dropped; a sample needs a human turn and its reply")
+    for j, turn in enumerate(turns[first:], start=first):
+        if turn["from"] != ROLE_NAMES[(j - first) % 2]:
+            raise DataFormatError(f"{where}: turn {j} is from {turn['from']!r}; turns must alternate human/gpt")
+
+
+def content_problem(turns: list[dict[str, str]], has_image: bool) -> str | None:
+    """What is wrong with a well-formed sample that the original trained on without a word (or
+    blamed on "tokenization mismatch"): an unanswered question, an empty turn, an unused image."""
+    first = 1 if turns[0]["from"] != "human" else 0  # dropped
+    for j, turn in enumerate(turns[first:], start=first):
+        if not turn["value"].strip():
+            what = "question (human)" if turn["from"] == "human" else "reply (gpt)"
+            return f"turn {j}: the {what} is empty; fill it or drop the turn pair"
+    if turns[-1]["from"] == "human":
+        return (
+            f"the last turn (turn {len(turns) - 1}) is a question from 'human' with no reply; "
+            "every human turn needs a gpt reply after it"
+        )
+    if has_image and not any(DEFAULT_IMAGE_TOKEN in turn["value"] for turn in turns[first:]):
+        return (
+            f"it has an image but no {DEFAULT_IMAGE_TOKEN} marker in its turns, so the image is unused; "
+            f"put {DEFAULT_IMAGE_TOKEN!r} at the start of the first human turn"
+        )
+    return None
 
 
 def training_template(version: str | None) -> Conversation:
@@ -121,15 +161,13 @@ def render_segments(conversations: list[dict[str, str]], template: Conversation,
         # The instruction is dropped: the caption follows the image directly.
         return [Segment(DEFAULT_IMAGE_TOKEN, False), Segment(conversations[1]["value"] + template.sep, True)]
 
+    check_turns(conversations, where)
     turns = conversations[1:] if conversations[0]["from"] != "human" else conversations
     user, assistant = template.roles
     segments = [Segment(template.system + template.sep, False)]
     for j, turn in enumerate(turns):
-        expected = ROLE_NAMES[j % 2]
-        if turn["from"] != expected:
-            raise DataFormatError(f"{where}: turn {j} is from {turn['from']!r}; turns must alternate human/gpt")
         text = turn["value"]
-        if not text:
+        if not text:  # as the original rendered it (training refuses it unless asked to mask)
             segments.append(Segment((user if j % 2 == 0 else assistant) + ":", False))
         elif j % 2 == 0:
             segments.append(Segment(f"{user}: {text}{template.sep}", False))
@@ -209,9 +247,12 @@ def segment_labels(
 def reference_labels(
     prompt: str, input_ids: Sequence[int], tokenizer: Any, template: Conversation, variant: str, has_image: bool
 ) -> tuple[list[int], bool]:
-    """The original's labels for `input_ids` by its own arithmetic, and whether it flagged a mismatch.
+    """The original's labels for `input_ids` by its own arithmetic, and whether its round lengths add
+    up to the tokenised prompt (when they don't, the template does not fit the tokenizer).
 
     Kept as the check on `segment_labels`: it re-tokenises each round and instruction and counts.
+    Given the whole (untruncated) sample, the check covers every round; the original checked only
+    while its running length was below `model_max_length`, so a long sample escaped it.
     """
     def count(text: str) -> int:
         return len(tokenizer_image_token(text, tokenizer)) if has_image else len(tokenizer(text).input_ids)
@@ -225,7 +266,7 @@ def reference_labels(
 
     if variant == "plain":
         ignore(0, count(DEFAULT_IMAGE_TOKEN))
-        return labels, False
+        return labels, True
 
     total = sum(token != tokenizer.pad_token_id for token in input_ids)
     separator = template.sep + template.roles[1] + ": "
@@ -249,9 +290,7 @@ def reference_labels(
     ignore(position, n)
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         position -= rounds  # the end tokens were not counted in `total`
-    if position < tokenizer.model_max_length and position != total:
-        return [IGNORE_INDEX] * n, True
-    return labels, False
+    return labels, position == total
 
 
 def _likely_fix(template: Conversation, tokenizer: Any, variant: str) -> str:
@@ -277,21 +316,30 @@ def tokenize_sample(
 ) -> TokenizedSample:
     """Ids and labels for one training sample (its conversations after `move_image_to_front`).
 
-    Text-only samples are truncated to `tokenizer.model_max_length`; samples with an image are not
-    (the model truncates after splicing in `image_tokens` features per image, when given, and that
-    truncation is taken into account). `where` names the sample in errors.
+    Text-only samples are truncated to `tokenizer.model_max_length`, as the original's tokenizer
+    call did (the first ids of the whole prompt: Bunny's tokenizers add nothing at the end);
+    samples with an image are not (the model truncates after splicing in `image_tokens` features
+    per image, when given, and that truncation is taken into account). The template is checked
+    against the tokenizer on the whole sample, before any truncation. `where` names the sample in
+    errors.
     """
     if mismatch not in MISMATCH_MODES:
         raise ValueError(f"tokenization_mismatch must be one of {MISMATCH_MODES}, got {mismatch!r}")
+    problem = content_problem(conversations, has_image)
+    if problem is not None:
+        if mismatch == "error":
+            raise DataFormatError(f"{where}: {problem}")
+        logger.warning("%s: %s; trained on as the original did", where, problem)
     variant = template_variant(template, tokenizer)
     segments = render_segments(conversations, template, where)
     prompt = "".join(segment.text for segment in segments)
-    max_length = None if has_image or variant == "plain" else tokenizer.model_max_length
-    ids, spans = encode_with_offsets(prompt, tokenizer, has_image or variant == "plain", max_length)
+    image_mode = has_image or variant == "plain"
+    ids, spans = encode_with_offsets(prompt, tokenizer, image_mode)
     labels, straddling = segment_labels(ids, spans, segments)
-    original, flagged = reference_labels(prompt, ids, tokenizer, template, variant, has_image or variant == "plain")
-    if not flagged and not straddling and labels == original:
-        return _check_supervised(TokenizedSample(prompt, ids, labels), tokenizer, mismatch, where, image_tokens)
+    original, aligned = reference_labels(prompt, ids, tokenizer, template, variant, image_mode)
+    limit = None if image_mode else tokenizer.model_max_length
+    if aligned and not straddling and labels == original:
+        return _check_supervised(_truncated(prompt, ids, labels, limit), tokenizer, mismatch, where, image_tokens)
 
     reason = _likely_fix(template, tokenizer, variant)
     if mismatch == "error":
@@ -302,10 +350,18 @@ def tokenize_sample(
             f"tokenizer of that LLM; check a data file with `python -m bunny.data.inspect`. "
             f"--tokenization_mismatch mask trains on as the original did (this sample then gives no loss)."
         )
+    if not aligned:
+        # The original masked such a sample whole, unless it was longer than model_max_length: then
+        # it trained on labels shifted off their tokens. Masked whole here, whatever its length.
+        logger.warning("tokenization mismatch in %s with template %r: %s; it contributes no loss", where, template.version, reason)
+        sample = _truncated(prompt, ids, [IGNORE_INDEX] * len(ids), limit)
+        return TokenizedSample(sample.prompt, sample.input_ids, sample.labels, fully_masked=problem or "tokenization mismatch")
     logger.warning("tokenization mismatch in %s with template %r: %s; its labels follow the original", where, template.version, reason)
-    if flagged:
-        return TokenizedSample(prompt, ids, original, fully_masked="tokenization mismatch")
-    return _check_supervised(TokenizedSample(prompt, ids, original), tokenizer, mismatch, where, image_tokens)
+    return _check_supervised(_truncated(prompt, ids, original, limit), tokenizer, mismatch, where, image_tokens)
+
+
+def _truncated(prompt: str, ids: list[int], labels: list[int], limit: int | None) -> TokenizedSample:
+    return TokenizedSample(prompt, ids[:limit], labels[:limit])
 
 
 def supervised_within(labels: Sequence[int], input_ids: Sequence[int], max_length: int, image_tokens: int | None) -> int:

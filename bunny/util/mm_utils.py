@@ -69,6 +69,8 @@ def load_image(
         if len(content) > max_bytes:
             raise ImageLoadError(f"image {image_file} is larger than {max_bytes} bytes")
         return _open_image(BytesIO(content), f"image {image_file}", max_pixels).convert("RGB")
+    if os.path.isdir(image_file):
+        raise ImageLoadError(f"image path is a directory, not an image file: {image_file}")
     if not os.path.isfile(image_file):
         raise ImageLoadError(f"image file not found: {image_file}")
     with open(image_file, "rb") as f:
