@@ -6,14 +6,18 @@ Run as:
 
 The merged directory loads without --model-base. Weights are written in float16 as by the
 original unless --dtype says otherwise; the directory is written under a temporary name and
-renamed when complete.
+renamed when complete, with `merge_info.json` saying what it was merged from.
+
+Unlike the original, which deleted --save-model-path first, an existing non-empty directory is
+never emptied: an earlier output of this script (it has `merge_info.json`) is replaced only with
+--overwrite, and anything else is refused before the model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import sys
 
 if __package__ in (None, ""):  # run as a script: make the package importable
@@ -22,6 +26,9 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 from bunny.model.backbones import MODEL_TYPES
 from bunny.model.builder import load_pretrained_model
 from bunny.util.mm_utils import get_model_name_from_path
+from bunny.util.utils import OutputDirectoryError, atomic_directory, check_output_directory
+
+MARKER = "merge_info.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-model-path", required=True, help="where to write the merged checkpoint")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"], help="weights dtype (default float16)")
     parser.add_argument("--device", default="cpu", help="device used for merging (default cpu)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace an earlier output of this script (a directory with {MARKER})"
+    )
+    args = parser.parse_args(argv)
+    try:
+        check_output_directory(args.save_model_path, MARKER, args.overwrite)  # before the model loads
+    except OutputDirectoryError as err:
+        parser.error(f"--save-model-path: {err}")
+    return args
 
 
 def merge(args: argparse.Namespace) -> str:
@@ -45,15 +60,13 @@ def merge(args: argparse.Namespace) -> str:
         device_map={"": args.device},
         dtype=args.dtype,
     )
-    target = os.path.normpath(args.save_model_path)
-    tmp = target + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target
+    with atomic_directory(args.save_model_path, MARKER, args.overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {k: getattr(args, k) for k in ("model_path", "model_base", "model_type", "dtype")}
+        with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+    return os.path.abspath(args.save_model_path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ the shipped scripts' flags."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from transformers import PhiConfig, PhiForCausalLM
+from transformers import PhiConfig, PhiForCausalLM, PreTrainedTokenizerBase
 
 from bunny.model.builder import load_pretrained_model
 from bunny.train.args import parse_args, translate_legacy_flags
@@ -162,7 +163,7 @@ def test_lora_pipeline_merge_and_load(world, lora_run, tmp_path):
          "--model-base", str(world / "llm"), "--model-type", "phi-2", "--save-model-path", str(merged), "--dtype", "float32"],
         check=True, capture_output=True,
     )
-    assert not (tmp_path / "bunny-phi-2-merged.partial").exists()
+    assert os.listdir(tmp_path) == ["bunny-phi-2-merged"]  # nothing left beside it
     lora_logits, lora_tokens = first_logits(lora_run, world / "llm")
     merged_logits, merged_tokens = first_logits(merged)
     torch.testing.assert_close(merged_logits, lora_logits, atol=1e-5, rtol=0)
@@ -170,6 +171,51 @@ def test_lora_pipeline_merge_and_load(world, lora_run, tmp_path):
     # The LoRA run changed the model: its logits differ from the base LLM with the pretrained projector.
     base_logits, _ = first_logits(lora_run.parent.parent / "checkpoints-pretrain" / "bunny-phi-2-pretrain", world / "llm")
     assert (base_logits - lora_logits).abs().max() > 1e-3
+
+
+def load_merge_script():
+    spec = importlib.util.spec_from_file_location("merge_lora_weights", REPO / "script" / "merge_lora_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_merge_never_deletes_what_was_there(world, lora_run, tmp_path, monkeypatch, capsys):
+    merge_script = load_merge_script()
+    flags = ["--model-path", str(lora_run), "--model-base", str(world / "llm"), "--model-type", "phi-2", "--dtype", "float32"]
+
+    def refused(target, *extra):
+        with pytest.raises(SystemExit) as exit_info:
+            merge_script.parse_args([*flags, "--save-model-path", str(target), *extra])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    # the original emptied the directory first; `--save-model-path .` lost the working directory
+    assert "not written by this tool" in refused(precious, "--overwrite")
+    monkeypatch.chdir(precious)
+    assert "not written by this tool" in refused(".")
+    assert (precious / "notes.txt").read_text() == "mine"
+
+    target = tmp_path / "merged"
+    first = merge_script.merge(merge_script.parse_args([*flags, "--save-model-path", str(target)]))
+    info = json.loads((target / "merge_info.json").read_text())
+    assert first == str(target) and info["model_path"] == str(lora_run) and info["dtype"] == "float32"
+    assert "--overwrite" in refused(target)  # an earlier output is replaced only on request
+    (target / "stale.txt").write_text("from the earlier merge")
+    merge_script.merge(merge_script.parse_args([*flags, "--save-model-path", str(target), "--overwrite"]))
+    assert not (target / "stale.txt").exists() and (target / "model.safetensors").exists()
+    # a merge that fails half-way leaves the earlier output as it was, and nothing half-written beside it
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        merge_script.merge(merge_script.parse_args([*flags, "--save-model-path", str(target), "--overwrite"]))
+    assert (target / "model.safetensors").exists() and (target / "merge_info.json").exists()
+    assert sorted(os.listdir(tmp_path)) == ["merged", "work"]
 
 
 def test_training_refuses_an_llm_of_another_model_type(world, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import IO, Any, Iterable, Iterator
@@ -32,6 +33,62 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class OutputDirectoryError(ValueError):
+    """An output directory that can't be written without destroying what a user already had."""
+
+
+def check_output_directory(path: str | os.PathLike, marker: str, overwrite: bool) -> str:
+    """The absolute `path`, if a directory may be written there: nothing there, an empty directory,
+    or (with `overwrite`) a previous output of ours, recognised by the file `marker` inside it."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputDirectoryError(f"{path} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path):
+        if not os.path.isfile(os.path.join(path, marker)):
+            raise OutputDirectoryError(
+                f"{path} is not empty and was not written by this tool (it has no {marker}); "
+                "choose a new or empty directory, nothing in it is replaced"
+            )
+        if not overwrite:
+            raise OutputDirectoryError(f"{path} holds an earlier output; pass --overwrite to replace it")
+    cwd = os.getcwd()
+    if cwd == path or cwd.startswith(path + os.sep):
+        raise OutputDirectoryError(f"{path} is the working directory or holds it; choose another directory")
+    return path
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, marker: str, overwrite: bool = False) -> Iterator[str]:
+    """A new temporary directory beside `path` to fill, moved to `path` only when the block succeeds.
+
+    `path` must pass `check_output_directory`. A crash leaves no partial directory under the final
+    name and nothing of the temporary one; a replaced earlier output is removed only once the new
+    one is in place. The block must write `marker` into the directory it is given.
+    """
+    path = check_output_directory(path, marker, overwrite)
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.partial-")
+    try:
+        yield tmp
+        if not os.path.isfile(os.path.join(tmp, marker)):
+            raise RuntimeError(f"the output written to {tmp} has no {marker}")
+        old = None
+        if os.path.isdir(path) and os.listdir(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".{name}.old-")
+            os.replace(path, old)
+        try:
+            os.replace(tmp, path)  # onto nothing or an empty directory
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
