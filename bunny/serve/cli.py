@@ -5,7 +5,8 @@ Run as:
 
 Each line typed at the `USER: ` prompt is one turn and the reply streams as it is generated; an
 empty line or end of input (Ctrl-D) ends the chat. Output is flushed as it is written, so the chat
-can also be driven through a pipe:
+can also be driven through a pipe, and then each question is printed after `USER: ` as a terminal
+would have echoed it:
     printf 'Describe it\\nAnd the colour?\\n' | python -m bunny.serve.cli --model-path PATH ...
 
 Differences from the original, on purpose:
@@ -16,7 +17,9 @@ Differences from the original, on purpose:
   prompts never repeat it (the original kept e.g. `<|endoftext|>` and then appended another);
 - `--device cuda` on a machine without CUDA is an argument error that suggests `--device cpu`,
   not a traceback (and no silent fallback: an 8B model in float32 on CPU is rarely wanted);
-- an image that can't be read stops with a one-line error naming the file, before the model loads.
+- an image that can't be read stops with a one-line error naming the file, before the model loads;
+- an http(s) --image-file must download within 10 s in all (not per read) and 50 MiB; any address
+  may be fetched, as the operator named it (`bunny.util.mm_utils.load_image`).
 
 The prompt-building helpers (`resolve_conv_mode`, `add_user_turn`, `image_prompt`, `clean_reply`)
 live in `bunny/serve/generation.py`, shared with batched generation.
@@ -226,6 +229,8 @@ def chat(model: Any, tokenizer: Any, images: Any, conv: Conversation, args: argp
         if not text.strip():
             print("exit...", flush=True)
             return
+        if not sys.stdin.isatty():  # a terminal echoes what is typed; a pipe does not
+            print(text, flush=True)
         print(f"{assistant_role}: ", end="", flush=True)
         add_user_turn(conv, text)
         prompt = conv.get_prompt()
