@@ -164,9 +164,9 @@ class Conversation:
 
 
 def _expand_to_square(image, background):
-    from bunny.util.mm_utils import expand2square
+    from bunny.util.mm_utils import pad_to_square
 
-    return expand2square(image, background)
+    return pad_to_square(image, background)
 
 
 SYSTEM = (

@@ -1,7 +1,8 @@
 """A stand-in model worker for the controller tests: the worker endpoints, no model.
 
-Run as: python tests/fake_worker.py --port P --model NAME [--delay S]
-It streams the prompt followed by " one", " two", ... (`--chunks` pieces, `--delay` seconds apart).
+Run as: python tests/fake_worker.py --port P --model NAME [--delay S] [--first-delay S]
+It streams the prompt followed by " one", " two", ... (`--chunks` pieces, `--delay` seconds apart),
+after `--first-delay` seconds of silence before it answers at all (as a busy worker waiting for a slot).
 """
 
 import argparse
@@ -19,6 +20,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--chunks", type=int, default=3)
+    parser.add_argument("--first-delay", type=float, default=0.0)
     args = parser.parse_args()
     app = FastAPI()
     words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
@@ -30,6 +32,7 @@ def main() -> None:
     @app.post("/worker_generate_stream")
     async def generate(request: Request) -> StreamingResponse:
         params = await request.json()
+        await asyncio.sleep(args.first_delay)
 
         async def stream():
             text = params["prompt"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from bunny.serve.launch import free_port, wait_until_up
 from bunny.serve.protocol import iter_chunks
+from bunny.serve.secret import SECRET_DIR_ENV, SECRET_ENV, authorization
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -35,8 +38,11 @@ def start(
 @pytest.fixture()
 def processes(tmp_path) -> Iterator:
     """`launch(argv, probe, cwd=REPO)` starts a server on a free port and returns its URL; "{port}"
-    and "{url}" in argv are filled in and "--port" is added unless argv has it. All are killed at the end."""
+    and "{url}" in argv are filled in and "--port" is added unless argv has it. All are killed at the end.
+    Controllers keep their secrets in tmp_path/"secrets", where workers started here find them."""
     env = dict(os.environ, BUNNY_LOGDIR=str(tmp_path / "logs"), PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false")
+    env[SECRET_DIR_ENV] = str(tmp_path / "secrets")
+    env.pop(SECRET_ENV, None)
     started: list[subprocess.Popen] = []
 
     def launch(argv: list[str], probe: str, cwd: str = REPO, method: str = "post") -> str:
@@ -54,6 +60,16 @@ def processes(tmp_path) -> Iterator:
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def secret_file(controller: str, env: dict) -> Path:
+    """Where the controller at `controller`, started with `env` (the `processes` fixture's), keeps its secret."""
+    return Path(env[SECRET_DIR_ENV]) / f"controller-{urlsplit(controller).port}.secret"
+
+
+def worker_headers(controller: str, env: dict) -> dict:
+    """The headers that register workers with (and send heart beats to) that controller."""
+    return authorization(secret_file(controller, env).read_text().strip())
 
 
 def stream(url: str, payload: dict, timeout: float = 60) -> list[dict]:

@@ -140,6 +140,7 @@ def test_launch_starts_the_three_servers_prints_the_url_and_stops_them_all(tmp_p
 
     ports = [str(free_port()) for _ in range(3)]
     env = dict(os.environ, BUNNY_LOGDIR=str(tmp_path / "logs"), PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+    env.update(BUNNY_SECRET_DIR=str(tmp_path / "secrets"), BUNNY_CONTROLLER_SECRET="")  # the controller's secret file goes here
     process = subprocess.Popen(
         [sys.executable, "-m", "bunny.serve.launch", "--model-path", CHECKPOINT, "--model-type", "phi-2",
          "--controller-port", ports[0], "--worker-port", ports[1], "--web-port", ports[2]],
@@ -155,7 +156,8 @@ def test_launch_starts_the_three_servers_prints_the_url_and_stops_them_all(tmp_p
         assert requests.get(f"http://127.0.0.1:{ports[2]}/", timeout=10).status_code == 200
         assert requests.post(f"http://127.0.0.1:{ports[0]}/list_models", timeout=10).json()["models"] == [
             "bunny-phi-2-siglip-full"
-        ]
+        ]  # the worker registered with the secret launch handed it
+        assert (tmp_path / "secrets" / f"controller-{ports[0]}.secret").stat().st_mode & 0o777 == 0o600
         process.send_signal(signal.SIGTERM)  # as `kill` does; Ctrl-C (SIGINT) takes the same path
         process.wait(60)
     finally:

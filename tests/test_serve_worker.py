@@ -365,6 +365,9 @@ class ImageServer:
 def test_http_image_urls_are_fetched_with_a_size_limit_and_a_timeout(loaded):
     payload = open(IMAGES[0], "rb").read()
     server = ImageServer(payload)
+    # the server is on loopback: this worker is told it may fetch from there (tests/test_serve_hostile.py
+    # checks that it may not by default)
+    fetching = dict(allow_image_urls=True, allow_private_image_urls=True)
     try:
         def ask(worker, url):
             body = chat_body(max_tokens=4)
@@ -372,12 +375,12 @@ def test_http_image_urls_are_fetched_with_a_size_limit_and_a_timeout(loaded):
             with TestClient(model_worker.create_app(worker)) as client:
                 return client.post("/v1/chat/completions", json=body)
 
-        fetched = ask(make_worker(loaded), server.url + "/image.png").json()
+        fetched = ask(make_worker(loaded, **fetching), server.url + "/image.png").json()
         assert fetched["choices"][0]["message"]["content"] == alone(loaded, PROMPT, IMAGES[:1], 4)
-        too_big = ask(make_worker(loaded, max_image_bytes=len(payload) - 1), server.url + "/image.png")
+        too_big = ask(make_worker(loaded, max_image_bytes=len(payload) - 1, **fetching), server.url + "/image.png")
         assert too_big.status_code == 400 and f"larger than {len(payload) - 1} bytes" in too_big.json()["error"]["message"]
         start = time.perf_counter()
-        slow = ask(make_worker(loaded, image_fetch_timeout=0.5), server.url + "/slow")
+        slow = ask(make_worker(loaded, image_fetch_timeout=0.5, **fetching), server.url + "/slow")
         assert slow.status_code == 400 and "could not fetch image" in slow.json()["error"]["message"]
         assert time.perf_counter() - start < 5
     finally:

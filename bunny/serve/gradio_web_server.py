@@ -8,6 +8,8 @@ The page: model choice, image upload, a streamed chat, regenerate / clear / vote
 sampling parameters. Answers stream from the worker the controller names for the chosen model;
 conversations are logged as JSON lines per day (`<log dir>/<YYYY-MM-DD>-conv.json`) and uploaded
 images under `<log dir>/serve_images/<YYYY-MM-DD>/<md5>.jpg` (`bunny.serve.protocol.log_directory`).
+The page never serves the log directory: the chat shows an uploaded image from a copy in a private
+temporary directory, which Gradio copies into its own cache and serves from there.
 
 Differences from the original, on purpose:
 - it binds 127.0.0.1 unless --host says otherwise (as the original's default already did);
@@ -21,12 +23,15 @@ Differences from the original, on purpose:
 """
 
 import argparse
+import atexit
 import base64
 import datetime
+import functools
 import hashlib
 import html
 import json
 import os
+import shutil
 import tempfile
 import time
 from io import BytesIO
@@ -122,15 +127,34 @@ def image_md5(image: Any) -> str:
     return image.info["bunny_md5"]
 
 
-def save_image(image: Any) -> str:
-    """Keep an uploaded image under serve_images/<date>/<md5>.jpg (once); returns the path."""
-    path = os.path.join(log_directory(), "serve_images", str(datetime.date.today()), image_md5(image) + ".jpg")
+def _write_jpeg(image: Any, path: str) -> str:
     if not os.path.isfile(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".partial.jpg"
         image.convert("RGB").save(tmp)
         os.replace(tmp, path)
     return path
+
+
+def save_image(image: Any) -> str:
+    """Keep an uploaded image under <log dir>/serve_images/<date>/<md5>.jpg (once); returns the path."""
+    directory = os.path.join(log_directory(), "serve_images", str(datetime.date.today()))
+    return _write_jpeg(image, os.path.join(directory, image_md5(image) + ".jpg"))
+
+
+@functools.cache
+def display_directory() -> str:
+    """A private temporary directory (mode 700, removed at exit) for the copies of uploaded images
+    the chat shows: the page must never serve the log directory, where every user's images and
+    conversations are."""
+    directory = tempfile.mkdtemp(prefix="bunny-chat-images-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
+def display_image(image: Any) -> str:
+    """The path of the copy of `image` the chat shows (written once)."""
+    return _write_jpeg(image, os.path.join(display_directory(), image_md5(image) + ".jpg"))
 
 
 def chat_messages(state: Conversation) -> list[dict[str, Any]]:
@@ -140,7 +164,7 @@ def chat_messages(state: Conversation) -> list[dict[str, Any]]:
         if i % 2 == 0:
             if isinstance(message, tuple):
                 text, image, _ = message
-                messages.append({"role": "user", "content": {"path": save_image(image)}})
+                messages.append({"role": "user", "content": {"path": display_image(image)}})
                 message = text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
             messages.append({"role": "user", "content": message})
         elif message is not None:
@@ -403,8 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"gradio_web_server: cannot get the model list from {args.controller_url}: {err}")
     demo = build_demo(WebServer(args, models), embed=args.embed)
     demo.queue(default_concurrency_limit=args.concurrency_count, api_open=False).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_threads=10,
-        allowed_paths=[os.path.abspath(log_directory())], show_error=True,
+        server_name=args.host, server_port=args.port, share=args.share, max_threads=10, show_error=True,
         theme=gr.themes.Default(primary_hue="blue", secondary_hue="lime"),
     )
 

@@ -2,11 +2,14 @@
 
 Run as (`make serve` does this, on the checkpoint `make demo` trains):
     python -m bunny.serve.launch --model-path outputs/demo/checkpoints/bunny-phi-2 --model-type phi-2 \\
-        [--device cpu] [--host 127.0.0.1] [--controller-port 21001] [--worker-port 21002] [--web-port 7860]
+        [--device cpu] [--host 127.0.0.1] [--controller-port 21001] [--worker-port 21002] [--web-port 7860] \\
+        [--secret-file FILE]
 
 The three processes start in the README's order, each once the one before answers; their output
-goes to the terminal. The page's URL is printed when everything is up. Ctrl-C stops all three, and
-if one of them exits the others are stopped too; so does SIGTERM.
+goes to the terminal. The controller's secret (`bunny.serve.secret`: --secret-file, else
+BUNNY_CONTROLLER_SECRET, else the controller's file for its port, made if missing) is handed to the
+controller and the worker in their environment. The page's URL is printed when everything is up.
+Ctrl-C stops all three, and if one of them exits the others are stopped too; so does SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import time
 from typing import Sequence
 
 import requests
+
+from bunny.serve.secret import SECRET_ENV, SecretError, keep_secret
 
 STARTUP_TIMEOUT = 300  # seconds for a process to answer (a large model takes a while to load)
 
@@ -58,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--controller-port", type=int, default=21001)
     parser.add_argument("--worker-port", type=int, default=21002)
     parser.add_argument("--web-port", type=int, default=7860)
+    parser.add_argument(
+        "--secret-file", default=None,
+        help="file holding the controller's secret (made if missing; default: controller-<port>.secret in "
+        "$BUNNY_SECRET_DIR or ~/.cache/bunny, holding $BUNNY_CONTROLLER_SECRET if set)",
+    )
     return parser
 
 
@@ -65,22 +75,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not os.path.exists(args.model_path):
         raise SystemExit(f"serve: no checkpoint at {args.model_path} (make demo builds the demo's)")
+    try:
+        secret, secret_file = keep_secret(args.controller_port, args.secret_file)
+    except (SecretError, OSError) as err:
+        raise SystemExit(f"serve: {err}")
+    with_secret = dict(os.environ, **{SECRET_ENV: secret})  # unlike a command line, only this user can read it
     local = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     controller = f"http://{local}:{args.controller_port}"
     worker = f"http://{local}:{args.worker_port}"
     page = f"http://{local}:{args.web_port}"
     python = [sys.executable, "-m"]
     plan = [
-        ("controller", [*python, "bunny.serve.controller", "--host", args.host, "--port", str(args.controller_port)],
-         controller + "/list_models", "post"),
+        ("controller", [*python, "bunny.serve.controller", "--host", args.host, "--port", str(args.controller_port)]
+         + (["--secret-file", args.secret_file] if args.secret_file else []),
+         controller + "/list_models", "post", with_secret),
         ("model worker", [*python, "bunny.serve.model_worker", "--host", args.host, "--port", str(args.worker_port),
                           "--controller", controller, "--worker", worker, "--model-path", args.model_path,
                           "--model-type", args.model_type, "--device", args.device]
          + (["--model-base", args.model_base] if args.model_base else []),
-         worker + "/worker_get_status", "post"),
+         worker + "/worker_get_status", "post", with_secret),
         ("web server", [*python, "bunny.serve.gradio_web_server", "--host", args.host, "--port", str(args.web_port),
                         "--controller", controller],
-         page + "/", "get"),
+         page + "/", "get", None),
     ]  # fmt: skip
     processes: list[subprocess.Popen] = []
 
@@ -89,13 +105,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, terminated)
     try:
-        for name, command, probe, method in plan:
+        for name, command, probe, method, env in plan:
             print(f"serve: starting the {name}: {' '.join(command[1:])}", flush=True)
-            processes.append(subprocess.Popen(command))
+            processes.append(subprocess.Popen(command, env=env))
             try:
                 wait_until_up(processes[-1], probe, method)
             except RuntimeError as err:
                 raise SystemExit(f"serve: the {name} did not start: {err}")
+        print(f"serve: workers register with the controller's secret, kept in {secret_file}", flush=True)
         print(f"\nserve: the Bunny web demo is up at {page}  (Ctrl-C stops it)\n", flush=True)
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)

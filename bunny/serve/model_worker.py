@@ -21,7 +21,24 @@ Differences from the original, on purpose:
   safely, more `<image>` markers than images, a parameter out of range) is answered with HTTP 400
   and one chunk `{"text": <the cause>, "error_code": 1}` instead of a generic error mid-stream;
 - a client that goes away mid-stream stops its generation at the next token;
-- `--heart-beat-interval` (seconds) makes heart beats testable.
+- `--heart-beat-interval` (seconds) makes heart beats testable;
+- registration and heart beats carry the controller's secret: from --secret-file, else
+  BUNNY_CONTROLLER_SECRET, else the controller's own file when its address is on this machine
+  (`bunny.serve.secret`); a refusal at start is an error naming them.
+
+Limits on what a client may send (`bunny.serve.limits`): a body over --max-request-bytes (64 MiB)
+is answered with 413, counted as it arrives (a chunked upload can't get past it); more than
+--max-images-per-request images (4), more than 4 stop strings or one longer than 256 characters
+with 400 naming the field.
+
+Image URLs (OpenAI `image_url` parts with an http(s) URL) are NOT fetched unless the worker is
+started with --allow-image-urls, whatever address it binds: a worker that fetches what clients
+name is a proxy into the network it sits in. With the flag, `bunny.util.image_fetch` fetches only
+from public addresses (each redirect checked again, the connection pinned to the checked address)
+unless --allow-private-image-urls; all of a request's downloads must end within
+--image-fetch-timeout seconds in all, each within --max-image-bytes, at most
+--max-concurrent-image-fetches requests download at once (more get 429), and every failure to
+download reads "could not fetch image <url>", the cause going to the log only.
 """
 
 from __future__ import annotations
@@ -45,6 +62,15 @@ from bunny.conversation import get_conv_template
 from bunny.serve import openai_api
 from bunny.serve.batching import BatchGenerator, Chunk, Done, Event, Failed, GenerationRequest
 from bunny.serve.generation import resolve_conv_mode
+from bunny.serve.limits import (
+    MAX_IMAGES_PER_REQUEST,
+    MAX_REQUEST_BYTES,
+    MAX_STOP_STRINGS,
+    BodyTooLarge,
+    bounded_stop_strings,
+    check_image_count,
+    read_body,
+)
 from bunny.serve.protocol import (
     ERROR_WORKER,
     WORKER_REQUEST_TIMEOUT,
@@ -56,17 +82,19 @@ from bunny.serve.protocol import (
     field,
     number,
     parse_body,
-    stop_strings,
 )
+from bunny.serve.secret import SECRET_ENV, SecretError, authorization, find_secret
+from bunny.util.image_fetch import FetchError, FetchTooLarge, fetch_image
 from bunny.util.mm_utils import (
     MAX_IMAGE_BYTES,
     ImageLoadError,
-    load_image,
     load_image_from_base64,
+    load_image_from_bytes,
     tokenizer_image_token,
 )
 
 MAX_NEW_TOKENS = 1024  # the most a request may ask for, as in the original
+MAX_CHARS_PER_POSITION = 256  # far more than the longest token of any Bunny LLM: a longer prompt cannot fit
 MAX_IMAGE_PIXELS = 40_000_000  # larger pictures are refused before they are decoded
 TOO_LONG_TEXT = "Exceeds max token length. Please start a new conversation, thanks."
 DATA_URL = re.compile(r"data:(?P<mime>[\w/+.-]*)(?P<params>(;[\w=.-]+)*?);base64,(?P<data>.*)", re.DOTALL)
@@ -85,6 +113,7 @@ class ModelWorker:
         model_type: str,
         controller_address: str | None = None,
         worker_address: str | None = None,
+        secret_file: str | None = None,
         limit_model_concurrency: int = 5,
         heart_beat_interval: float = WORKER_HEART_BEAT_INTERVAL,
         batch_window: float = 0.01,
@@ -92,6 +121,11 @@ class ModelWorker:
         max_image_bytes: int = MAX_IMAGE_BYTES,
         image_fetch_timeout: float = 10.0,
         generate_in_background: bool = True,
+        allow_image_urls: bool = False,
+        allow_private_image_urls: bool = False,
+        max_concurrent_image_fetches: int = 4,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_images_per_request: int = MAX_IMAGES_PER_REQUEST,
     ) -> None:
         self.worker_id = uuid.uuid4().hex[:6]
         self.logger = build_logger("model_worker", f"model_worker_{self.worker_id}.log")
@@ -102,10 +136,15 @@ class ModelWorker:
         self.stop_str = get_conv_template(self.conv_mode).stop_str
         self.controller_address = controller_address.rstrip("/") if controller_address else None
         self.worker_address = worker_address
+        self.secret_file = secret_file  # None: BUNNY_CONTROLLER_SECRET or the controller's file on this machine
         self.limit_model_concurrency = limit_model_concurrency
         self.heart_beat_interval = heart_beat_interval
         self.max_image_pixels, self.max_image_bytes = max_image_pixels, max_image_bytes
         self.image_fetch_timeout = image_fetch_timeout
+        self.allow_image_urls, self.allow_private_image_urls = allow_image_urls, allow_private_image_urls
+        self.fetch_slots = threading.BoundedSemaphore(max_concurrent_image_fetches)
+        self.max_concurrent_image_fetches = max_concurrent_image_fetches
+        self.max_request_bytes, self.max_images_per_request = max_request_bytes, max_images_per_request
         self.image_tokens = getattr(model, "image_token_count", 0)  # positions per image after the projector
         self.engine = BatchGenerator(
             model, tokenizer, image_processor, max_batch_size=limit_model_concurrency, batch_window=batch_window,
@@ -116,14 +155,23 @@ class ModelWorker:
 
     # -- the controller ----------------------------------------------------------------------------
     def register_to_controller(self) -> None:
-        """Register with the controller; a refusal or no answer is a RuntimeError naming it."""
+        """Register with the controller; a refusal or no answer is a RuntimeError naming it (and,
+        when the secret is missing or wrong, where it was looked for and how to give it)."""
         payload = {"worker_name": self.worker_address, "check_heart_beat": True, "worker_status": self.get_status()}
+        secret, source = find_secret(self.controller_address, self.secret_file)  # read each time: it may change
         try:
             response = requests.post(
-                self.controller_address + "/register_worker", json=payload, timeout=WORKER_REQUEST_TIMEOUT
+                self.controller_address + "/register_worker", json=payload, headers=authorization(secret),
+                timeout=WORKER_REQUEST_TIMEOUT,
             )
         except requests.RequestException as err:
             raise RuntimeError(f"cannot reach the controller at {self.controller_address}: {err}") from None
+        if response.status_code in (401, 403):
+            sent = f"the secret from {source}" if secret else f"no secret ({source})"
+            raise RuntimeError(
+                f"the controller at {self.controller_address} refused this worker (HTTP {response.status_code}): "
+                f"it sent {sent}. Give it the controller's secret with --secret-file FILE or {SECRET_ENV}."
+            )
         if response.status_code != 200:
             raise RuntimeError(f"the controller at {self.controller_address} refused this worker: {response.text}")
         self.logger.info(f"Registered with {self.controller_address} as {self.worker_address}")
@@ -132,14 +180,17 @@ class ModelWorker:
         """Tell the controller we are alive (and how busy); re-register if it forgot us. Retries until heard."""
         while True:
             try:
+                secret, _ = find_secret(self.controller_address, self.secret_file)
                 response = requests.post(
                     self.controller_address + "/receive_heart_beat",
                     json={"worker_name": self.worker_address, "queue_length": self.get_queue_length()},
-                    timeout=WORKER_REQUEST_TIMEOUT,
+                    headers=authorization(secret), timeout=WORKER_REQUEST_TIMEOUT,
                 )
+                if response.status_code != 200:
+                    raise ValueError(f"HTTP {response.status_code}: {response.text[:500]}")
                 exist = response.json()["exist"]
                 break
-            except (requests.RequestException, ValueError, KeyError, TypeError) as err:
+            except (requests.RequestException, SecretError, ValueError, KeyError, TypeError) as err:
                 self.logger.warning(f"heart beat to {self.controller_address} failed: {err}")
             time.sleep(5)
         if not exist:
@@ -178,16 +229,50 @@ class ModelWorker:
         }
 
     # -- requests ----------------------------------------------------------------------------------
-    def open_url(self, url: str, where: str) -> Any:
-        """An image from a data URL or an http(s) URL (fetched with the size limit and timeout)."""
+    def open_url(self, url: str, where: str, deadline: float) -> Any:
+        """An image from a data URL, or from an http(s) URL downloaded by `deadline` (time.monotonic())
+        when URLs are allowed (see the module docstring)."""
         if url.startswith("data:"):
             match = DATA_URL.fullmatch(url)
             if match is None:
                 raise PayloadError(f"{where}: a data URL must be of the form data:image/...;base64,<data>")
             return load_image_from_base64(match["data"], where, self.max_image_pixels).convert("RGB")
-        if url.startswith(("http://", "https://")):
-            return load_image(url, self.image_fetch_timeout, self.max_image_bytes, self.max_image_pixels)
-        raise PayloadError(f"{where}: the image URL must be a data: or http(s) URL, got {url[:40]!r}")
+        if not url.startswith(("http://", "https://")):
+            raise PayloadError(f"{where}: the image URL must be a data: or http(s) URL, got {url[:40]!r}")
+        if not self.allow_image_urls:
+            raise PayloadError(
+                f"{where}: this worker does not fetch image URLs (it was started without --allow-image-urls); "
+                "send the image as a data:image/...;base64 URL"
+            )
+        try:
+            content = fetch_image(url, deadline - time.monotonic(), self.max_image_bytes, self.allow_private_image_urls)
+        except FetchTooLarge as err:
+            raise ImageLoadError(str(err)) from None
+        except FetchError as err:
+            self.logger.info(f"{where}: {err}: {err.detail}")  # the cause stays here: no port scans through us
+            raise ImageLoadError(str(err)) from None
+        return load_image_from_bytes(content, f"image {url}", self.max_image_pixels).convert("RGB")
+
+    def open_urls(self, urls: list[tuple[str, str]]) -> list[Any]:
+        """The images of (where, url) pairs; the downloads among them share one deadline and one fetch slot."""
+        fetching = any(url.startswith(("http://", "https://")) for _, url in urls) and self.allow_image_urls
+        if fetching and not self.fetch_slots.acquire(blocking=False):
+            raise openai_api.APIError(
+                429, f"this worker is downloading images for {self.max_concurrent_image_fetches} requests already; "
+                "try again shortly or send the image as a data: URL", code="rate_limit_exceeded",
+            )
+        try:
+            deadline = time.monotonic() + self.image_fetch_timeout
+            images = []
+            for where, url in urls:
+                try:
+                    images.append(self.open_url(url, where, deadline))
+                except (ImageLoadError, PayloadError) as err:
+                    raise openai_api.APIError(400, str(err), param=where) from None
+            return images
+        finally:
+            if fetching:
+                self.fetch_slots.release()
 
     def make_request(
         self, prompt: str, images: list[Any], wanted: int | None, **settings: Any
@@ -195,6 +280,11 @@ class ModelWorker:
         """The generation request and the prompt's length in model positions (text ids plus each
         image's projected features). Its max_new_tokens is `wanted` (default and cap: MAX_NEW_TOKENS) within
         what the context leaves, so less than 1 when the prompt fills the context."""
+        if len(prompt) > MAX_CHARS_PER_POSITION * self.context_len:  # refused before the tokenizer spends time on it
+            raise PayloadError(
+                f"the prompt has {len(prompt)} characters, more than the model's context of {self.context_len} "
+                "positions can hold"
+            )
         markers = prompt.count(DEFAULT_IMAGE_TOKEN)
         if markers != len(images):
             raise PayloadError(f"the prompt has {markers} {DEFAULT_IMAGE_TOKEN} markers but {len(images)} images were sent")
@@ -210,6 +300,8 @@ class ModelWorker:
         request, or no request when the prompt leaves no room to answer."""
         prompt = field(params, "prompt", str)
         encoded = field(params, "images", list, [])
+        check_image_count(len(encoded), self.max_images_per_request, "images")
+        stop = bounded_stop_strings(params, MAX_STOP_STRINGS)
         images = []
         for i, data in enumerate(encoded):
             if not isinstance(data, str):
@@ -226,7 +318,7 @@ class ModelWorker:
             temperature=number(params, "temperature", 1.0, 0.0, 2.0),
             top_p=number(params, "top_p", 1.0, 0.0, 1.0),
             repetition_penalty=number(params, "repetition_penalty", 1.0, 0.01, 10.0),
-            stop=stop_strings(params),
+            stop=stop,
         )
         return prompt, (request if request.max_new_tokens >= 1 else None)
 
@@ -241,12 +333,11 @@ class ModelWorker:
                 404, f"The model {chat.model!r} does not exist; this worker serves {self.model_name!r}",
                 param="model", code="model_not_found",
             )
-        images = []
-        for where, url in chat.image_urls:
-            try:
-                images.append(self.open_url(url, where))
-            except (ImageLoadError, PayloadError) as err:
-                raise openai_api.APIError(400, str(err), param=where) from None
+        try:
+            check_image_count(len(chat.image_urls), self.max_images_per_request, "messages")
+        except PayloadError as err:
+            raise openai_api.APIError(400, str(err), param="messages") from None
+        images = self.open_urls(chat.image_urls)
         try:
             request, prompt_tokens = self.make_request(
                 chat.prompt, images, chat.max_tokens, temperature=chat.temperature, top_p=chat.top_p,
@@ -315,13 +406,18 @@ def create_app(worker: ModelWorker) -> FastAPI:
         worker.logger.info(f"{request.url.path}: refused: {err.message}")
         return JSONResponse(err.body(), status_code=err.status)
 
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, err: BodyTooLarge) -> Response:
+        worker.logger.info(f"{request.url.path}: refused: {err}")
+        return Response(encode_chunk(str(err), ERROR_WORKER), status_code=413)
+
     @app.post("/worker_get_status")
     async def worker_get_status() -> Any:
         return worker.get_status()
 
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(request: Request) -> Any:
-        params = parse_body(await request.body())
+        params = parse_body(await read_body(request, worker.max_request_bytes))
         with worker.engine.expecting():  # requests that arrive together are batched together
             prompt, generation = await run_in_threadpool(worker.prepare_native, params)
             if generation is None:
@@ -349,9 +445,11 @@ def create_app(worker: ModelWorker) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         try:
-            body = parse_body(await request.body())
+            body = parse_body(await read_body(request, worker.max_request_bytes))
         except PayloadError as err:
             raise openai_api.APIError(400, str(err)) from None
+        except BodyTooLarge as err:
+            raise openai_api.APIError(413, str(err), code="request_too_large") from None
         with worker.engine.expecting():
             chat, generation, prompt_tokens = await run_in_threadpool(worker.prepare_chat, body)
             await worker.slot()
@@ -400,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-address", "--worker", default="http://localhost:21002", help="URL the controller reaches this worker at"
     )
     parser.add_argument("--controller-address", "--controller", default="http://localhost:21001", help="URL of the controller")
+    parser.add_argument(
+        "--secret-file", default=None,
+        help="file holding the controller's secret (default: $BUNNY_CONTROLLER_SECRET, else the controller's own "
+        "file when it runs on this machine: controller-<port>.secret in $BUNNY_SECRET_DIR or ~/.cache/bunny)",
+    )
     parser.add_argument("--model-path", required=True, help="checkpoint directory or hub id")
     parser.add_argument("--model-base", default=None, help="base LLM, for LoRA or projector-only checkpoints")
     parser.add_argument("--model-name", default=None, help="name to serve the model under (default: from the path)")
@@ -425,7 +528,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="larger images are refused before decoding"
     )
     parser.add_argument("--max-image-bytes", type=int, default=MAX_IMAGE_BYTES, help="largest image URL download")
-    parser.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds to wait for an image URL")
+    parser.add_argument(
+        "--image-fetch-timeout", type=float, default=10.0,
+        help="seconds all the image URL downloads of one request may take in total (redirects included)",
+    )
+    parser.add_argument(
+        "--allow-image-urls", action="store_true",
+        help="fetch http(s) image URLs of OpenAI requests (off: only data: URLs), from public addresses only",
+    )
+    parser.add_argument(
+        "--allow-private-image-urls", action="store_true",
+        help="with --allow-image-urls, also fetch from loopback, private, link-local and other non-public addresses",
+    )
+    parser.add_argument(
+        "--max-concurrent-image-fetches", type=int, default=4,
+        help="requests that may download image URLs at once; more are answered 429",
+    )
+    parser.add_argument(
+        "--max-request-bytes", type=int, default=MAX_REQUEST_BYTES,
+        help="largest request body in bytes (larger: HTTP 413)",
+    )
+    parser.add_argument(
+        "--max-images-per-request", type=int, default=MAX_IMAGES_PER_REQUEST, help="most images one request may carry"
+    )
     return parser
 
 
@@ -445,6 +570,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(problem)
     if args.limit_model_concurrency < 1:
         parser.error("--limit-model-concurrency must be at least 1")
+    if args.allow_private_image_urls and not args.allow_image_urls:
+        parser.error("--allow-private-image-urls needs --allow-image-urls")
+    for flag in ("max_concurrent_image_fetches", "max_request_bytes", "max_images_per_request"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     model_name = args.model_name or get_model_name_from_path(args.model_path)
     disable_torch_init()
     tokenizer, model, image_processor, context_len = load_pretrained_model(
@@ -454,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tokenizer, model, image_processor, context_len, model_name, args.model_type,
         controller_address=None if args.no_register else args.controller_address,
         worker_address=args.worker_address,
+        secret_file=args.secret_file,
         limit_model_concurrency=args.limit_model_concurrency,
         heart_beat_interval=args.heart_beat_interval,
         batch_window=args.batch_window,
@@ -461,6 +592,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_image_bytes=args.max_image_bytes,
         image_fetch_timeout=args.image_fetch_timeout,
         generate_in_background=False,  # on this thread, below
+        allow_image_urls=args.allow_image_urls,
+        allow_private_image_urls=args.allow_private_image_urls,
+        max_concurrent_image_fetches=args.max_concurrent_image_fetches,
+        max_request_bytes=args.max_request_bytes,
+        max_images_per_request=args.max_images_per_request,
     )
     worker.logger.info(f"args: {args}")
     if args.multi_modal:

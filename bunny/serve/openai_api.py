@@ -2,14 +2,15 @@
 
 `POST /v1/chat/completions` takes `messages` whose `content` is a string or a list of parts,
 `{"type": "text", "text": ...}` and `{"type": "image_url", "image_url": {"url": ...}}` (a `data:`
-URL with base64 data, or an http(s) URL the worker fetches). The conversation is rendered with the
-model's own template (a system message replaces the template's system prompt); in a user message
-the parts are joined with newlines, an image part becoming `<image>`, so `[image, text]` gives
-`"<image>\\n<text>"`, the form Bunny was trained on.
+URL with base64 data, or an http(s) URL the worker fetches if started with --allow-image-urls).
+The conversation is rendered with the model's own template (a system message replaces the
+template's system prompt); in a user message the parts are joined with newlines, an image part
+becoming `<image>`, so `[image, text]` gives `"<image>\\n<text>"`, the form Bunny was trained on.
 
 Supported: `model`, `messages`, `max_tokens` (or `max_completion_tokens`), `temperature` (0-2),
-`top_p` (0-1), `stop` (a string or up to 4), `stream` (server-sent events ending in
-`data: [DONE]`), `stream_options.include_usage`, `n` = 1. Errors use OpenAI's error object.
+`top_p` (0-1), `stop` (a string or up to 4, each of at most 256 characters), `stream` (server-sent
+events ending in `data: [DONE]`), `stream_options.include_usage`, `n` = 1. Errors use OpenAI's
+error object.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from typing import Any
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN
 from bunny.conversation import get_conv_template
-from bunny.serve.protocol import PayloadError, field, number, stop_strings
-
-MAX_STOP_STRINGS = 4
+from bunny.serve.limits import MAX_STOP_STRINGS, bounded_stop_strings
+from bunny.serve.protocol import PayloadError, field, number
 
 
 class APIError(Exception):
@@ -135,7 +135,7 @@ def parse_chat_request(body: dict[str, Any], conv_mode: str) -> ChatRequest:
         max_tokens=max_tokens,
         temperature=number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=number(body, "top_p", 1.0, 0.0, 1.0),
-        stop=stop_strings(body, MAX_STOP_STRINGS),
+        stop=bounded_stop_strings(body, MAX_STOP_STRINGS),
         stream=field(body, "stream", bool, False),
         include_usage=field(options, "include_usage", bool, False),
     )
