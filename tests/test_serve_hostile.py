@@ -177,7 +177,7 @@ def test_the_page_serves_no_file_of_the_log_directory_and_still_shows_the_upload
     monkeypatch.setattr(web, "get_model_list", lambda controller_url: ["m"])
     monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)  # launch() returns instead of serving forever
     port = free_port()
-    web.main(["--port", str(port)])  # the page exactly as the command line starts it
+    web.main(["--port", str(port), "--max-upload-bytes", "100000"])  # the page as the command line starts it
     try:
         url = f"http://127.0.0.1:{port}"
         for path in private:
@@ -190,6 +190,9 @@ def test_the_page_serves_no_file_of_the_log_directory_and_still_shows_the_upload
         [shown] = [part["file"] for m in messages for part in m["content"] if part.get("type") == "file"]
         assert shown.startswith(str(tmp_path / "downloads"))
         assert Image.open(shown).size == Image.open(IMAGES[0]).size
+        # uploads are bounded too
+        response = requests.post(url + "/gradio_api/upload", files={"files": ("big.png", b"x" * 200_000)}, timeout=10)
+        assert response.status_code == 413, response.text
     finally:
         for demo in built:
             demo.close()

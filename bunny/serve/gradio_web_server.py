@@ -43,6 +43,7 @@ import requests
 from bunny.constants import DEFAULT_IMAGE_TOKEN
 from bunny.conversation import Conversation, SeparatorStyle, get_conv_template
 from bunny.serve.protocol import WORKER_REQUEST_TIMEOUT, add_bind_arguments, build_logger, iter_chunks, log_directory
+from bunny.util.mm_utils import MAX_IMAGE_BYTES
 from bunny.util.utils import moderation_msg, server_error_msg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -412,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
     parser.add_argument("--moderate", action="store_true", help="check messages with OpenAI's moderation API")
     parser.add_argument("--embed", action="store_true", help="leave out the title, terms and licence")
+    parser.add_argument(
+        "--max-upload-bytes", type=int, default=MAX_IMAGE_BYTES, help="largest file a visitor may upload (an image)"
+    )
     return parser
 
 
@@ -428,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo = build_demo(WebServer(args, models), embed=args.embed)
     demo.queue(default_concurrency_limit=args.concurrency_count, api_open=False).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_threads=10, show_error=True,
+        max_file_size=args.max_upload_bytes,
         theme=gr.themes.Default(primary_hue="blue", secondary_hue="lime"),
     )
 
