@@ -88,3 +88,17 @@ def test_chat_answers_through_the_cli(demo):
     _, _, stdout = demo
     chat = stdout[stdout.index("=== chat ===") :]
     assert chat.count("ASSISTANT:") == 3 and "USER: exit..." in chat
+
+
+def test_an_output_directory_that_is_not_the_demos_is_refused_untouched(tmp_path):
+    from bunny.demo.__main__ import MARKER, fresh_output_directory
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not empty and holds no earlier demo output"):
+        fresh_output_directory(str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    earlier = tmp_path / "run"
+    assert fresh_output_directory(str(earlier)) == str(earlier) and (earlier / MARKER).exists()
+    (earlier / "metrics.json").write_text("{}")
+    fresh_output_directory(str(earlier))  # an earlier run is replaced
+    assert sorted(p.name for p in earlier.iterdir()) == [MARKER]

@@ -233,11 +233,28 @@ def plot_losses(losses: dict[str, list[tuple[int, float]]], path: str) -> None:
     os.replace(tmp, path)
 
 
-def run(output_dir: str, settings: Settings, seed: int) -> dict[str, Any]:
+MARKER = ".bunny-demo"  # in every output directory of the demo: only such a directory is replaced
+
+
+def fresh_output_directory(output_dir: str) -> str:
+    """`output_dir` emptied for a new run (train.py would resume from old checkpoints), if it is
+    missing, empty or an earlier demo's output; anything else is refused, never deleted."""
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)  # train.py resumes from old checkpoints; start clean
-    os.makedirs(output_dir)
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        earlier = any(os.path.isfile(os.path.join(output_dir, name)) for name in (MARKER, "metrics.json"))
+        if not earlier:
+            raise SystemExit(
+                f"demo: {output_dir} is not empty and holds no earlier demo output ({MARKER}); nothing was "
+                "deleted: choose another --output-dir"
+            )
+        shutil.rmtree(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    open(os.path.join(output_dir, MARKER), "w").close()
+    return output_dir
+
+
+def run(output_dir: str, settings: Settings, seed: int) -> dict[str, Any]:
+    output_dir = fresh_output_directory(output_dir)
     paths = {name: os.path.join(output_dir, name) for name in ("data", "base", "checkpoints", "eval")}
     pretrain_dir = os.path.join(paths["checkpoints"], f"bunny-{MODEL_TYPE}-pretrain")
     lora_dir = os.path.join(paths["checkpoints"], f"bunny-lora-{MODEL_TYPE}")
@@ -273,7 +290,7 @@ def run(output_dir: str, settings: Settings, seed: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bunny.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "outputs", "demo"), help="where everything is written (replaced)")
+    parser.add_argument("--output-dir", default=os.path.join(REPO, "outputs", "demo"), help="where everything is written; an earlier demo output there is replaced, anything else refused")
     parser.add_argument("--quick", action="store_true", help="the small version the test suite runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every training stage")
     args = parser.parse_args(argv)
