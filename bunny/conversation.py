@@ -8,13 +8,28 @@ checkpoint depend on them byte for byte.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from enum import Enum, auto
-from io import BytesIO
 from typing import Any
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    text: str
+    supervised: bool
+
+
+def _joined(segments: list[Segment]) -> list[Segment]:
+    """Neighbouring segments of the same kind as one."""
+    merged: list[Segment] = []
+    for segment in segments:
+        if merged and merged[-1].supervised == segment.supervised:
+            merged[-1] = Segment(merged[-1].text + segment.text, segment.supervised)
+        elif segment.text:
+            merged.append(segment)
+    return merged
 
 
 class SeparatorStyle(Enum):
@@ -27,7 +42,7 @@ class Conversation:
     """A chat history plus the template that renders it into a prompt.
 
     A message is `[role, content]` where content is `None` (the reply still to be generated), a string,
-    or a `(text, PIL.Image, image_process_mode)` tuple (the web UI's message carrying an image).
+    or a `(text, PIL.Image, image_process_mode)` tuple (the web page's message carrying an image).
     """
 
     system: str
@@ -45,33 +60,35 @@ class Conversation:
         self.messages = [list(message) for message in self.messages]
 
     def get_prompt(self) -> str:
+        return "".join(segment.text for segment in self.segments())
+
+    def segments(self) -> list[Segment]:
+        """The prompt cut into pieces, each marked supervised (a reply and the end string after it:
+        what training learns to produce) or not. Their texts joined are `get_prompt()`."""
         messages = self.messages
         if messages and isinstance(messages[0][1], tuple):
             # The message carrying an image: the placeholder always goes first, on its own line.
             text = messages[0][1][0].replace(DEFAULT_IMAGE_TOKEN, "").strip()
             messages = [[messages[0][0], DEFAULT_IMAGE_TOKEN + "\n" + text]] + messages[1:]
-
+        texts = [(role, message[0] if isinstance(message, tuple) else message) for role, message in messages]
         if self.sep_style == SeparatorStyle.TWO:
-            seps = (self.sep, self.sep2)
-            prompt = self.system + seps[0]
-            for i, (role, message) in enumerate(messages):
-                if message:
-                    if isinstance(message, tuple):
-                        message = message[0]
-                    prompt += role + ": " + message + seps[i % 2]
+            pieces = [Segment(self.system + self.sep, False)]
+            for i, (role, message) in enumerate(texts):
+                if not message:
+                    pieces.append(Segment(role + ":", False))
+                elif i % 2 == 0:
+                    pieces.append(Segment(f"{role}: {message}{self.sep}", False))
                 else:
-                    prompt += role + ":"
-            return prompt
+                    # The space after "ASSISTANT:" is tokenised with the reply's first word, so it is supervised.
+                    pieces += [Segment(role + ":", False), Segment(f" {message}{self.sep2}", True)]
+            return _joined(pieces)
         if self.sep_style == SeparatorStyle.PLAIN:
             # `plain` has no sep2; a filled reply ends with `sep` (the original raised a TypeError here).
-            seps = (self.sep, self.sep2 if self.sep2 is not None else self.sep)
-            prompt = self.system
-            for i, (_, message) in enumerate(messages):
+            pieces = [Segment(self.system, False)]
+            for i, (_, message) in enumerate(texts):
                 if message:
-                    if isinstance(message, tuple):
-                        message = message[0]
-                    prompt += message + seps[i % 2]
-            return prompt
+                    pieces.append(Segment(message + self.sep, i % 2 == 1))
+            return _joined(pieces)
         raise ValueError(f"Invalid style: {self.sep_style}")
 
     @property
@@ -81,61 +98,6 @@ class Conversation:
 
     def append_message(self, role: str, message: Any) -> None:
         self.messages.append([role, message])
-
-    def get_images(
-        self,
-        return_pil: bool = False,
-        pad_color: tuple[int, int, int] = (122, 116, 104),
-        resize_to: int = 336,
-    ) -> list:
-        """Images of the user turns, after each message's `image_process_mode`.
-
-        `pad_color` and `resize_to` default to the original's fixed values; callers that know the
-        vision tower pass its mean colour and input size.
-        """
-        images = []
-        for i, (_, message) in enumerate(self.messages[self.offset :]):
-            if i % 2 != 0 or not isinstance(message, tuple):
-                continue
-            _, image, mode = message
-            if mode == "Pad":
-                image = _expand_to_square(image, pad_color)
-            elif mode in ("Default", "Crop"):
-                pass
-            elif mode == "Resize":
-                image = image.resize((resize_to, resize_to))
-            else:
-                raise ValueError(f"Invalid image_process_mode: {mode}")
-            if return_pil:
-                images.append(image)
-            else:
-                buffered = BytesIO()
-                image.save(buffered, format="PNG")
-                images.append(base64.b64encode(buffered.getvalue()).decode())
-        return images
-
-    def to_gradio_chatbot(self) -> list[list[Any]]:
-        ret: list[list[Any]] = []
-        for i, (_, message) in enumerate(self.messages[self.offset :]):
-            if i % 2 == 0:
-                if isinstance(message, tuple):
-                    text, image, _ = message
-                    max_side, min_side = max(image.size), min(image.size)
-                    aspect = max_side / min_side
-                    shortest = int(min(800 / aspect, 400, min_side))
-                    longest = int(shortest * aspect)
-                    w, h = image.size
-                    size = (longest, shortest) if w > h else (shortest, longest)
-                    image = image.resize(size)
-                    buffered = BytesIO()
-                    image.convert("RGB").save(buffered, format="JPEG")
-                    b64 = base64.b64encode(buffered.getvalue()).decode()
-                    img_html = f'<img src="data:image/png;base64,{b64}" alt="user upload image" />'
-                    message = img_html + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-                ret.append([message, None])
-            else:
-                ret[-1][-1] = message
-        return ret
 
     def copy(self) -> "Conversation":
         return Conversation(
@@ -150,9 +112,8 @@ class Conversation:
         )
 
     def dict(self) -> dict[str, Any]:
-        messages = self.messages
-        if self.get_images():
-            messages = [[role, m[0] if isinstance(m, tuple) else m] for role, m in messages]
+        """The conversation as JSON can hold it: a message with an image keeps only its text."""
+        messages = [[role, m[0] if isinstance(m, tuple) else m] for role, m in self.messages]
         return {
             "system": self.system,
             "roles": self.roles,
@@ -161,12 +122,6 @@ class Conversation:
             "sep": self.sep,
             "sep2": self.sep2,
         }
-
-
-def _expand_to_square(image, background):
-    from bunny.util.mm_utils import pad_to_square
-
-    return pad_to_square(image, background)
 
 
 SYSTEM = (

@@ -24,11 +24,11 @@ from typing import Any, Sequence
 from PIL import Image
 from tqdm import tqdm
 
-from bunny.model.builder import load_pretrained_model
-from bunny.serve.cli import add_model_arguments, device_problem, model_path_problem
-from bunny.serve.generation import answer_batch, resolve_conv_mode
-from bunny.util.mm_utils import ImageLoadError, get_model_name_from_path, load_image
-from bunny.util.utils import disable_torch_init, write_jsonl
+from bunny.inference.generate import answer_batch
+from bunny.inference.options import add_model_arguments, check_model_arguments, load_model
+from bunny.inference.prompts import resolve_conv_mode
+from bunny.util.images import ImageLoadError, load_image
+from bunny.util.utils import write_jsonl
 
 DEFAULT_PROMPT = "What is shown in this picture?"
 
@@ -114,9 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.pairs = pair_up(args.image_file, args.prompt)
     except ValueError as err:
         parser.error(str(err))
-    for problem in (device_problem(args.device), model_path_problem(args.model_path)):
-        if problem is not None:
-            parser.error(problem)
+    check_model_arguments(parser, args)
     return args
 
 
@@ -128,16 +126,7 @@ def main(argv: Sequence[str] | None = None) -> list[Answer]:
     except ImageLoadError as err:
         sys.exit(f"error: {err}")
 
-    disable_torch_init()
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path,
-        args.model_base,
-        get_model_name_from_path(args.model_path),
-        args.model_type,
-        device=args.device,
-    )
-    if image_processor is None:
-        sys.exit(f"error: {args.model_path} has no vision tower (mm_vision_tower) to read the images with")
+    tokenizer, model, image_processor, _ = load_model(args, "the images")
     answers = answer_all(
         args.pairs,
         images,

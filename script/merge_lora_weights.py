@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 
 from bunny.model.backbones import MODEL_TYPES
 from bunny.model.builder import load_pretrained_model
-from bunny.util.mm_utils import get_model_name_from_path
+from bunny.util.tokens import get_model_name_from_path
 from bunny.util.utils import OutputDirectoryError, atomic_directory, check_output_directory
 
 MARKER = "merge_info.json"

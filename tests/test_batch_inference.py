@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer
 
 from bunny.model.builder import load_pretrained_model
-from bunny.serve import generation
+from bunny.inference.prompts import image_prompt, resolve_conv_mode
 from bunny.util.mm_utils import load_image, tokenizer_image_token
 from tiny import FIXTURES
 
@@ -62,9 +62,9 @@ def loaded(request):
 
 def test_rows_get_the_tokens_they_get_alone(batch_inference, loaded):
     tokenizer, model = loaded["tokenizer"], loaded["model"]
-    conv_mode = generation.resolve_conv_mode(loaded["model_type"])
+    conv_mode = resolve_conv_mode(loaded["model_type"])
     images = {image_file: load_image(image_file) for image_file, _ in PAIRS}
-    prompts = [generation.image_prompt(conv_mode, question) for _, question in PAIRS]
+    prompts = [image_prompt(conv_mode, question) for _, question in PAIRS]
     lengths = {len(tokenizer_image_token(prompt, tokenizer)) for prompt in prompts}
     assert len(lengths) == len(PAIRS)  # every row is padded differently
 

@@ -19,7 +19,8 @@ from transformers import AutoTokenizer
 
 from bunny.conversation import get_conv_template
 from bunny.model.backbones import BACKBONES
-from bunny.serve import cli, generation
+from bunny.inference import prompts, stops
+from bunny.serve import cli
 from tiny import FIXTURES
 
 QUESTION = "What is shown in this picture?"
@@ -105,29 +106,29 @@ def test_llama3_infers_its_template_and_an_empty_line_ends_the_chat():
 @pytest.mark.parametrize("model_type", sorted(BACKBONES))
 def test_conv_mode_follows_the_model_type(model_type):
     expected = {"phi-3": "phi3", "minicpm": "minicpm", "llama3-8b": "llama"}.get(model_type, "bunny")
-    assert generation.resolve_conv_mode(model_type) == expected
-    assert generation.resolve_conv_mode(model_type, "plain") == "plain"
+    assert prompts.resolve_conv_mode(model_type) == expected
+    assert prompts.resolve_conv_mode(model_type, "plain") == "plain"
 
 
 def test_prompt_of_one_turn_is_the_golden_prompt():
-    assert generation.image_prompt("llama", QUESTION) == _golden(LLAMA3)["prompt"]
+    assert prompts.image_prompt("llama", QUESTION) == _golden(LLAMA3)["prompt"]
     conv = get_conv_template("bunny")
-    generation.add_user_turn(conv, QUESTION)
+    prompts.add_user_turn(conv, QUESTION)
     conv.messages[-1][-1] = "A reply."
-    generation.add_user_turn(conv, "Next?")
+    prompts.add_user_turn(conv, "Next?")
     assert conv.get_prompt().endswith(
         "USER: <image>\nWhat is shown in this picture? ASSISTANT: A reply.<|endoftext|>USER: Next? ASSISTANT:"
     )
 
 
 def test_clean_reply_cuts_the_stop_string():
-    assert generation.clean_reply(" A cat.<|endoftext|>", "<|endoftext|>") == "A cat."
-    assert generation.clean_reply(" A cat.\nUSER: more", "\n") == "A cat."
-    assert generation.clean_reply(" A cat. ", None) == "A cat."
+    assert stops.clean_reply(" A cat.<|endoftext|>", "<|endoftext|>") == "A cat."
+    assert stops.clean_reply(" A cat.\nUSER: more", "\n") == "A cat."
+    assert stops.clean_reply(" A cat. ", None) == "A cat."
 
 
 def test_streamer_prints_nothing_from_a_plain_text_stop_string(capsys):
-    streamer = cli.StopStringStreamer(tokenizer=None, stop_str="###")
+    streamer = stops.StopStringStreamer(tokenizer=None, stop_str="###")
     for piece in ["A cat", " #", "#", "# and more", " after"]:
         streamer.on_finalized_text(piece)
     streamer.on_finalized_text("", stream_end=True)

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from bunny.model import MODEL_TYPES
 from bunny.model.kv_cache import BlockGrowingCache
-from bunny.serve.batching import BatchGenerator, Chunk, Done, GenerationRequest
+from bunny.inference.engine import BatchGenerator, Chunk, Done, GenerationRequest
 from bunny.util.mm_utils import process_images
 from tiny import FIXTURES, build_model, bunny_config, random_prompt
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from bunny.model.builder import load_pretrained_model
-from bunny.serve.generation import answer_batch
+from bunny.inference.generate import answer_batch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,7 @@ import pytest
 from bunny.eval import model_vqa_loader
 from bunny.eval.common import answer_record, get_chunk, read_jsonl
 from bunny.eval.eval_shapes import normalize, score
+from bunny.model.builder import load_pretrained_model
 from tiny import FIXTURES
 
 CHECKPOINT = "checkpoints/bunny-phi-2-siglip-full"
@@ -85,7 +86,7 @@ def run_generator(question_file, answers, *extra):
 
 def test_batched_answers_equal_one_by_one_answers(question_file, tmp_path, in_fixture_root):
     path, questions = question_file
-    tokenizer, model, processor, _ = model_vqa_loader.load_pretrained_model(CHECKPOINT, None, "bunny-phi-2", "phi-2", device="cpu")
+    tokenizer, model, processor, _ = load_pretrained_model(CHECKPOINT, None, "bunny-phi-2", "phi-2", device="cpu")
 
     def answers(batch_size):
         return model_vqa_loader.generate_answers(

@@ -237,7 +237,7 @@ def test_a_thin_picture_is_shrunk_before_it_is_padded(processor, monkeypatch, tm
     # and the web page's hidden "Pad" mode
     state = web.get_conv_template("bunny")
     state.append_message(state.roles[0], ("What?\n<image>", thin, "Pad"))
-    assert state.get_images(return_pil=True)[0].size == (4096, 4096)
+    assert web.conversation_images(state)[0].size == (4096, 4096)
 
 
 def test_ordinary_pictures_give_exactly_the_pixels_they_gave_before(processor):

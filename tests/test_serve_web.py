@@ -61,6 +61,7 @@ def test_a_message_with_an_image_shows_the_image_then_the_text_and_keeps_one_ima
     assert state.messages[-2][1] == ("What is it?\n<image>", picture, "Default") and state.messages[-1][1] is None
     assert messages[0]["content"]["path"].endswith(web.image_md5(picture) + ".jpg") and os.path.isfile(messages[0]["content"]["path"])
     assert messages[1] == {"role": "user", "content": "What is it?"} and text == ""
+    assert web.conversation_images(state) == [picture]  # what is sent to the worker, in "Default" mode
     state.messages[-1][1] = "A picture."
     state, *_ = server.add_text(state, "And this?", Image.open(IMAGES[1]).convert("RGB"), "Default")
     assert len(state.messages) == 2  # a second image starts a new conversation

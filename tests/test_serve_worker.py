@@ -25,8 +25,8 @@ from PIL import Image
 from bunny.constants import IMAGE_TOKEN_INDEX
 from bunny.model.builder import load_pretrained_model
 from bunny.serve import model_worker
-from bunny.serve.batching import BatchGenerator, Chunk, Done, GenerationRequest
-from bunny.serve.generation import image_prompt
+from bunny.inference.engine import BatchGenerator, Chunk, Done, GenerationRequest
+from bunny.inference.prompts import image_prompt
 from bunny.serve.protocol import iter_chunks
 from bunny.util.mm_utils import process_images, tokenizer_image_token
 from servers import stream

@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoTokenizer, PhiForCausalLM
 from safetensors.torch import load_file
 
-from bunny.data import synthetic
+from bunny.demo import synthetic
 from bunny.data.preprocess import Segment, tokenize_sample, training_template
 from bunny.data.tokenizer import load_training_tokenizer
 from bunny.demo import stand_ins
@@ -106,7 +106,7 @@ def test_tokenizer_fits_the_bunny_template_like_phi_2(world, built):
 
 
 def test_patch_targets_name_the_shape_over_each_patch():
-    from bunny.data.synthetic import COLOURS, POSITIONS, SHAPES, Item
+    from bunny.demo.synthetic import COLOURS, POSITIONS, SHAPES, Item
 
     # A 64 x 64 picture of background with a red square filling its top-left quarter; patches of 32.
     scene = (Item("square", "red", "left"), Item("circle", "blue", "right"))

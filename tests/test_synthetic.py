@@ -1,4 +1,4 @@
-"""`python -m bunny.data.synthetic`: seeded, in the original's formats, and its answer key is what the
+"""`python -m bunny.demo.synthetic`: seeded, in the original's formats, and its answer key is what the
 pictures show (checked from the pixels, independently of the generator's own bookkeeping)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bunny.data import synthetic
+from bunny.demo import synthetic
 from bunny.data.dataset import load_training_data
 from bunny.eval.common import read_question_file, read_jsonl
 

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from bunny.constants import IGNORE_INDEX
 from bunny.conversation import Conversation
 from bunny.data.preprocess import DataFormatError, check_conversations, move_image_to_front, tokenize_sample
-from bunny.util.mm_utils import ImageLoadError, load_image, process_images
+from bunny.util.images import ImageLoadError, load_image, process_images
 
 logger = logging.getLogger(__name__)
 

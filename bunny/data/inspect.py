@@ -24,7 +24,7 @@ from bunny.data.dataset import LazySupervisedDataset
 from bunny.data.preprocess import MISMATCH_MODES, TokenizationMismatchError, TokenizedSample, training_template
 from bunny.data.tokenizer import load_training_tokenizer
 from bunny.model.backbones import MODEL_TYPES
-from bunny.util.mm_utils import ImageLoadError
+from bunny.util.images import ImageLoadError
 
 GREEN, RESET = "\033[32m", "\033[0m"
 

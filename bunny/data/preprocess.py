@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from bunny.conversation import Conversation, SeparatorStyle, conv_templates, get_conv_template
-from bunny.util.mm_utils import tokenizer_image_token
+from bunny.conversation import Conversation, Segment, SeparatorStyle, conv_templates, get_conv_template
+from bunny.model.backbones import templates_by_model_type
+from bunny.util.tokens import tokenizer_image_token
 
 logger = logging.getLogger(__name__)
 
 MISMATCH_MODES = ("error", "mask")
 ROLE_NAMES = ("human", "gpt")
-TEMPLATE_FOR_MODEL = "phi-1.5/phi-2/stablelm-2/qwen1.5-1.8b: bunny, phi-3: phi3, minicpm: minicpm, llama3-8b: llama"
 
 
 class TokenizationMismatchError(ValueError):
@@ -38,12 +38,6 @@ class TokenizationMismatchError(ValueError):
 
 class DataFormatError(ValueError):
     """A training sample that does not follow the LLaVA conversation format."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    supervised: bool
 
 
 @dataclass
@@ -163,29 +157,11 @@ def render_segments(conversations: list[dict[str, str]], template: Conversation,
 
     check_turns(conversations, where)
     turns = conversations[1:] if conversations[0]["from"] != "human" else conversations
-    user, assistant = template.roles
-    segments = [Segment(template.system + template.sep, False)]
+    conv = template.copy()
+    conv.messages = []
     for j, turn in enumerate(turns):
-        text = turn["value"]
-        if not text:  # as the original rendered it (training refuses it unless asked to mask)
-            segments.append(Segment((user if j % 2 == 0 else assistant) + ":", False))
-        elif j % 2 == 0:
-            segments.append(Segment(f"{user}: {text}{template.sep}", False))
-        else:
-            # The space after "ASSISTANT:" is tokenised with the reply's first word, so it is supervised.
-            segments.append(Segment(f"{assistant}:", False))
-            segments.append(Segment(f" {text}{template.sep2}", True))
-    return _joined(segments)
-
-
-def _joined(segments: list[Segment]) -> list[Segment]:
-    merged: list[Segment] = []
-    for segment in segments:
-        if merged and merged[-1].supervised == segment.supervised:
-            merged[-1] = Segment(merged[-1].text + segment.text, segment.supervised)
-        else:
-            merged.append(segment)
-    return merged
+        conv.append_message(conv.roles[j % 2], turn["value"])
+    return conv.segments()
 
 
 # -- tokenisation --------------------------------------------------------------------------------
@@ -346,7 +322,7 @@ def tokenize_sample(
         detail = straddling[0] if straddling else "the original's round lengths do not add up to the tokenised prompt"
         raise TokenizationMismatchError(
             f"tokenization mismatch in {where} with conversation template {template.version!r}: {reason} "
-            f"({detail}). Likely fix: pass the --version that matches --model_type ({TEMPLATE_FOR_MODEL}) and the "
+            f"({detail}). Likely fix: pass the --version that matches --model_type ({templates_by_model_type()}) and the "
             f"tokenizer of that LLM; check a data file with `python -m bunny.data.inspect`. "
             f"--tokenization_mismatch mask trains on as the original did (this sample then gives no loss)."
         )

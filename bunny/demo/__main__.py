@@ -4,7 +4,7 @@ Run as (`make demo` does this):
     python -m bunny.demo [--output-dir outputs/demo] [--quick] [--seed 0]
 
 Stages, each through the entry point a user would run:
-  1. data        `python -m bunny.data.synthetic`: pictures, captions, conversations, held-out questions
+  1. data        `python -m bunny.demo.synthetic`: pictures, captions, conversations, held-out questions
   2. stand-ins   a tokenizer, a SigLIP tower and a phi-2-architecture LLM, briefly pretrained on that
                  data (bunny/demo/stand_ins.py), as local model directories
   3. pretrain    `bunny/train/train.py --tune_mm_mlp_adapter True` (template `plain`)
@@ -94,7 +94,7 @@ def command(argv: Sequence[str], stdin: str | None = None, capture: bool = False
 
 # -- stages ----------------------------------------------------------------------------------------
 def make_data(directory: str, settings: Settings, seed: int) -> dict[str, str]:
-    from bunny.data import synthetic
+    from bunny.demo import synthetic
 
     return synthetic.main([
         "--output-dir", directory, "--seed", str(seed), "--num-pretrain", str(settings.num_pretrain),
@@ -105,7 +105,7 @@ def make_data(directory: str, settings: Settings, seed: int) -> dict[str, str]:
 def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, seed: int) -> dict[str, Any]:
     from PIL import Image
 
-    from bunny.data import synthetic
+    from bunny.demo import synthetic
     from bunny.demo import stand_ins
 
     with open(data["pretrain"]) as f:
@@ -170,7 +170,7 @@ def merge(base: dict[str, Any], lora_dir: str, merged_dir: str) -> None:
 
 
 def evaluate(checkpoint: str, data: dict[str, str], directory: str, settings: Settings) -> dict[str, Any]:
-    from bunny.data.synthetic import chance_accuracy
+    from bunny.demo.synthetic import chance_accuracy
     from bunny.eval.common import read_jsonl
     from bunny.eval.eval_shapes import score
 
@@ -227,10 +227,9 @@ def plot_losses(losses: dict[str, list[tuple[int, float]]], path: str) -> None:
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = path + ".partial.png"
-    figure.savefig(tmp, dpi=100)
+    with atomic_write(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=100)
     plt.close(figure)
-    os.replace(tmp, path)
 
 
 MARKER = ".bunny-demo"  # in every output directory of the demo: only such a directory is replaced

@@ -39,11 +39,12 @@ from transformers import get_cosine_schedule_with_warmup
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN
 from bunny.data.preprocess import Segment, encode_with_offsets, render_segments, segment_labels, training_template
-from bunny.data.synthetic import COLOURS, POSITIONS, SHAPES, Item, Scene
-from bunny.util.mm_utils import pad_token_ids, process_images
+from bunny.demo.synthetic import COLOURS, POSITIONS, SHAPES, Item, Scene
+from bunny.util.images import process_images
+from bunny.util.tokens import pad_token_ids
 
 EOS = "<|endoftext|>"
-BACKGROUND_MEAN = 0.94  # bunny.data.synthetic draws on (233..245) grey
+BACKGROUND_MEAN = 0.94  # bunny.demo.synthetic draws on (233..245) grey
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Score answers to the synthetic shapes questions (`python -m bunny.data.synthetic`) against their key.
+"""Score answers to the synthetic shapes questions (`python -m bunny.demo.synthetic`) against their key.
 
 Run as:
     python -m bunny.eval.eval_shapes --answer-key eval/answer_key.jsonl --result-file answers.jsonl [--json]
@@ -45,7 +45,7 @@ def score(key: Sequence[dict[str, Any]], answers: Sequence[dict[str, Any]]) -> d
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bunny.eval.eval_shapes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--answer-key", required=True, help="answer_key.jsonl written by bunny.data.synthetic")
+    parser.add_argument("--answer-key", required=True, help="answer_key.jsonl written by bunny.demo.synthetic")
     parser.add_argument("--result-file", required=True, help="answers written by bunny.eval.model_vqa_loader")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     args = parser.parse_args(argv)

@@ -29,11 +29,12 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from bunny.eval.common import add_common_arguments, answer_record, get_chunk, read_question_file
-from bunny.model.builder import load_pretrained_model
-from bunny.serve.cli import device_problem
-from bunny.serve.generation import answer_batch, resolve_conv_mode
-from bunny.util.mm_utils import ImageLoadError, get_model_name_from_path, load_image
-from bunny.util.utils import disable_torch_init, write_jsonl
+from bunny.inference.generate import answer_batch
+from bunny.inference.options import check_model_arguments, load_model
+from bunny.inference.prompts import resolve_conv_mode
+from bunny.util.images import ImageLoadError, load_image
+from bunny.util.tokens import get_model_name_from_path
+from bunny.util.utils import write_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,21 +85,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    problem = device_problem(args.device)
-    if problem:
-        parser.error(problem)
+    check_model_arguments(parser, args)
     try:
         questions = get_chunk(read_question_file(args.question_file), args.num_chunks, args.chunk_idx)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
 
-    disable_torch_init()
     model_name = get_model_name_from_path(args.model_path)
-    tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, model_name, args.model_type, device=args.device
-    )
-    if image_processor is None:
-        sys.exit(f"error: {args.model_path} has no vision tower (mm_vision_tower) to read the images with")
+    tokenizer, model, image_processor, _ = load_model(args, "the images")
     try:
         records = generate_answers(
             questions,

@@ -2,7 +2,8 @@
 
 One row per model type: the Bunny config/model classes (native transformers architectures), the
 `model_type` strings of the base LLMs it is trained from, the conversation template it was trained
-with, and the tokenizer quirks the original applied.
+with, the tokenizer quirks the original applied, and the released models whose names don't say
+their LLM. Everything else that differs between model types reads it from here.
 """
 
 from __future__ import annotations
@@ -34,19 +35,33 @@ class Backbone:
     template: str  # conversation template for finetuning and chat
     eos_token: str | None = None  # eos forced by token text (llama-3: <|end_of_text|>, id 128001)
     tokenizer_trust_remote_code: bool = False
+    # training writes the tokenizer's bos/eos ids into the model config (the original did for phi and llama-3)
+    special_ids_from_tokenizer: bool = False
+    # released checkpoints whose names don't contain the model type (the web page picks their template by name)
+    released_names: tuple[str, ...] = ()
 
 
 BACKBONES: dict[str, Backbone] = {
-    "phi-1.5": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, ("phi",), "bunny"),
-    "phi-2": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, ("phi",), "bunny"),
-    "phi-3": Backbone(BunnyPhi3Config, BunnyPhi3ForCausalLM, ("phi3",), "phi3"),
+    "phi-1.5": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, ("phi",), "bunny", special_ids_from_tokenizer=True),
+    "phi-2": Backbone(BunnyPhiConfig, BunnyPhiForCausalLM, ("phi",), "bunny", special_ids_from_tokenizer=True),
+    "phi-3": Backbone(
+        BunnyPhi3Config, BunnyPhi3ForCausalLM, ("phi3",), "phi3",
+        released_names=("Bunny-v1_0-4B", "Bunny-v1.0-4B", "Bunny-v1_1-4B", "Bunny-v1.1-4B"),
+    ),
     "stablelm-2": Backbone(
         BunnyStableLMConfig, BunnyStableLMForCausalLM, ("stablelm", "stablelm_epoch"), "bunny",
         tokenizer_trust_remote_code=True,
     ),
     "qwen1.5-1.8b": Backbone(BunnyQwen2Config, BunnyQwen2ForCausalLM, ("qwen2",), "bunny"),
-    "minicpm": Backbone(BunnyMiniCPMConfig, BunnyMiniCPMForCausalLM, ("minicpm",), "minicpm"),
-    "llama3-8b": Backbone(BunnyLlamaConfig, BunnyLlamaForCausalLM, ("llama",), "llama", eos_token="<|end_of_text|>"),
+    "minicpm": Backbone(
+        BunnyMiniCPMConfig, BunnyMiniCPMForCausalLM, ("minicpm",), "minicpm",
+        released_names=("Bunny-v1_0-3B-zh", "Bunny-v1.0-3B-zh"),
+    ),
+    "llama3-8b": Backbone(
+        BunnyLlamaConfig, BunnyLlamaForCausalLM, ("llama",), "llama", eos_token="<|end_of_text|>",
+        special_ids_from_tokenizer=True,
+        released_names=("Bunny-Llama-3-8B-V", "Bunny-v1_1-Llama-3-8B-V", "Bunny-v1.1-Llama-3-8B-V"),
+    ),
 }
 
 MODEL_TYPES = tuple(BACKBONES)
@@ -57,6 +72,24 @@ def get_backbone(model_type: str) -> Backbone:
         return BACKBONES[model_type]
     except KeyError:
         raise ValueError(f"Unknown Model Type {model_type!r}; valid model types: {', '.join(MODEL_TYPES)}") from None
+
+
+def templates_by_model_type() -> str:
+    """Which template each model type was trained with, for messages: `phi-1.5/phi-2/...: bunny, ...`."""
+    groups: dict[str, list[str]] = {}
+    for name, backbone in BACKBONES.items():
+        groups.setdefault(backbone.template, []).append(name)
+    return ", ".join(f"{'/'.join(names)}: {template}" for template, names in groups.items())
+
+
+def template_for_model_name(model_name: str) -> str:
+    """The template of a served model known only by its name (the original web page's rule): a
+    model type in the name (`phi-3`, `minicpm`, `llama3-8b`) or a released model's name; else `bunny`."""
+    lowered = model_name.lower()
+    for name, backbone in BACKBONES.items():
+        if backbone.template != "bunny" and (name in lowered or model_name in backbone.released_names):
+            return backbone.template
+    return "bunny"
 
 
 def _model_types_reading(config_model_type: str) -> list[str]:

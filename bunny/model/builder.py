@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoTokenizer, BitsAndBytesConfig
 from bunny.model.backbones import Backbone, check_checkpoint_type, get_backbone
 from bunny.model.checkpoint_files import MissingWeightsError, load_projector_weights, load_state_file, tensor_names
 from bunny.model.language_model import VISION_TOWER_PREFIX
-from bunny.util.mm_utils import get_model_name_from_path
+from bunny.util.tokens import get_model_name_from_path
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +228,22 @@ def setup_tokenizer_for_generation(tokenizer: Any, model: Any, backbone: Backbon
         model.generation_config.pad_token_id = model.generation_config.eos_token_id
 
 
+def _load_kwargs(device: str, device_map: Any, load_8bit: bool, load_4bit: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`from_pretrained`'s arguments: the dtype (`torch_dtype`/`dtype`, float16 on CUDA and float32
+    elsewhere by default), where the weights go, quantisation, and what else the caller passed."""
+    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+    if dtype is None:
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return {
+        "dtype": dtype,
+        "device_map": device_map if device == "cuda" else {"": device},
+        **_quantization_kwargs(load_8bit, load_4bit, dtype),
+        **kwargs,
+    }
+
+
 def load_pretrained_model(
     model_path: str,
     model_base: str | None,
@@ -246,18 +262,7 @@ def load_pretrained_model(
     """
     backbone = get_backbone(model_type)
     model_name = model_name or get_model_name_from_path(model_path)
-    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
-    if dtype is None:
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    load_kwargs: dict[str, Any] = {
-        "dtype": dtype,
-        "device_map": device_map if device == "cuda" else {"": device},
-        **_quantization_kwargs(load_8bit, load_4bit, dtype),
-        **kwargs,
-    }
-
+    load_kwargs = _load_kwargs(device, device_map, load_8bit, load_4bit, kwargs)
     lora = is_lora_checkpoint(model_path, model_name)
     if lora and model_base is None:
         if os.path.isdir(model_path):

@@ -39,7 +39,7 @@ from bunny.model.kv_cache import BLOCK, BlockGrowingCache
 from bunny.model.merge import MergedInputs, merge_image_features
 from bunny.model.projector import build_vision_projector, projected_token_count
 from bunny.model.vision_tower import build_vision_tower
-from bunny.util.mm_utils import process_images
+from bunny.util.images import process_images
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +177,23 @@ class BunnyMixin:
         if hasattr(config, "continuous_training"):
             config.continuous_training = False  # applies once; a re-saved config says false
         if getattr(config, "mm_vision_tower", None):
-            self.model.vision_tower = build_vision_tower(config, delay_load=True)
-            self.model.mm_projector = build_vision_projector(config)
+            self.attach_vision_modules()
         _use_fused_gelu(self)
         self.post_init()
+
+    def attach_vision_modules(self, load_tower: bool = False) -> None:
+        """Build the vision tower and the projector the config names: the one place a Bunny model
+        gets them (loading a checkpoint, and training a new model from a plain LLM).
+
+        The tower is built empty, to be loaded later (`load_vision_tower`), unless `load_tower`:
+        then its weights are read first and its width recorded as `mm_hidden_size`, which the
+        projector takes, as training does for a new model.
+        """
+        tower = build_vision_tower(self.config, delay_load=not load_tower)
+        if load_tower:
+            self.config.mm_hidden_size = tower.hidden_size
+        self.model.vision_tower = tower
+        self.model.mm_projector = build_vision_projector(self.config)
 
     # -- parts -----------------------------------------------------------------------------------
     def get_model(self) -> nn.Module:
@@ -261,19 +274,27 @@ class BunnyMixin:
     def encode_images(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Pixels -> projected features. `[M, 3, H, W]` gives `[M, N, D]`, one chunk per image. A list
         (or 5-D tensor) gives one chunk per element, all images of an element concatenated."""
-        model = self.get_model()
-        dtype = self.get_input_embeddings().weight.dtype
         if isinstance(images, torch.Tensor) and images.ndim == 4:
-            return model.mm_projector(model.vision_tower(images).to(dtype))
+            return self._project(images)
         if isinstance(images, torch.Tensor) and images.ndim != 5:
             raise ValueError(f"images must be [M, 3, H, W], [B, n, 3, H, W] or a list, got shape {tuple(images.shape)}")
         groups = [image if image.ndim == 4 else image.unsqueeze(0) for image in images]
         if all(g.shape[1:] == groups[0].shape[1:] for g in groups):
-            features = model.mm_projector(model.vision_tower(torch.cat(groups)).to(dtype))
-            per_group = features.split([g.shape[0] for g in groups])
+            per_group = self._project(torch.cat(groups)).split([g.shape[0] for g in groups])
         else:
-            per_group = [model.mm_projector(model.vision_tower(g).to(dtype)) for g in groups]
+            per_group = [self._project(g) for g in groups]
         return [f.flatten(0, 1) for f in per_group]
+
+    def _project(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`[M, 3, H, W]` -> `[M, image_token_count, D]`: tower, then projector."""
+        model = self.get_model()
+        features = model.mm_projector(model.vision_tower(pixels).to(self.get_input_embeddings().weight.dtype))
+        if features.shape[1] != self.image_token_count:  # what the worker and training count must be true
+            raise ValueError(
+                f"images of {tuple(pixels.shape[-2:])} px gave {features.shape[1]} features each, but this model "
+                f"counts {self.image_token_count} per image; give the tower {self.get_vision_tower().config.image_size} px images"
+            )
+        return features
 
     def prepare_multimodal_inputs(
         self,

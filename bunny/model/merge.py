@@ -56,6 +56,27 @@ def _chunk_for_each_placeholder(
     )
 
 
+@dataclass
+class _Layout:
+    """Where every input position goes in the output rows."""
+
+    start: torch.Tensor  # [B, T] first output position of each input position's span
+    lengths: torch.Tensor  # [B] real output positions per row, after truncation
+    width: int  # L, the longest row
+    offset: torch.Tensor  # [B] left padding of each row
+
+    @classmethod
+    def of(cls, span: torch.Tensor, max_length: int | None, padding_side: str) -> "_Layout":
+        """From each input position's output span `[B, T]` (1 per text token, N_k per image, 0 for padding)."""
+        end = span.cumsum(dim=1)
+        lengths = end[:, -1] if end.shape[1] else span.new_zeros(span.shape[0])
+        if max_length is not None:
+            lengths = lengths.clamp(max=max_length)
+        width = int(lengths.max()) if span.shape[0] else 0
+        offset = width - lengths if padding_side == "left" else torch.zeros_like(lengths)
+        return cls(end - span, lengths, width, offset)
+
+
 def merge_image_features(
     input_ids: torch.Tensor,
     image_features: torch.Tensor | Sequence[torch.Tensor],
@@ -88,57 +109,63 @@ def merge_image_features(
         num_chunks = len(image_features)
         chunk_lengths = torch.tensor([f.shape[0] for f in image_features], dtype=torch.long, device=device)
     chunk_index, unused_chunks = _chunk_for_each_placeholder(is_image, num_chunks, text_only_slots)
-
-    # Output span of every input position: 1 per text token, N_k per image, 0 for padding.
     span = is_text.long()  # [B, T]
     span[is_image] = chunk_lengths[chunk_index]
-    end = span.cumsum(dim=1)
-    start = end - span  # [B, T] where each position's span begins in its output row
-    lengths = end[:, -1] if end.shape[1] else span.new_zeros(batch)
-    if max_length is not None:
-        lengths = lengths.clamp(max=max_length)
-    width = int(lengths.max()) if batch else 0
-    offset = width - lengths if padding_side == "left" else torch.zeros_like(lengths)  # [B]
+    layout = _Layout.of(span, max_length, padding_side)
 
     # [B, T, D]; placeholders and padding are embedded as id 0 (whatever the pad id), then dropped
     text_embeds = embed_tokens(input_ids.masked_fill(~is_text, 0))
-    hidden = text_embeds.shape[-1]
-    inputs_embeds = text_embeds.new_zeros(batch, width, hidden)
-
-    # Text tokens: one output position each.
-    text_rows, text_cols = is_text.nonzero(as_tuple=True)
-    text_dest = start[text_rows, text_cols]
-    fits = text_dest < lengths[text_rows]
-    text_rows, text_cols, text_dest = text_rows[fits], text_cols[fits], text_dest[fits]
-    inputs_embeds[text_rows, text_dest + offset[text_rows]] = text_embeds[text_rows, text_cols]
-
-    # Image features: N_k consecutive output positions per placeholder.
-    image_rows, image_cols = is_image.nonzero(as_tuple=True)  # row-major, same order as chunk_index
-    counts = chunk_lengths[chunk_index]  # [P]
-    if isinstance(image_features, torch.Tensor):
-        features = image_features[chunk_index].flatten(0, 1)  # [sum N_k, D]
-    else:
-        features = torch.cat([image_features[i] for i in chunk_index.tolist()]) if len(chunk_index) else None
-    if features is not None and features.shape[0]:
-        feature_rows = image_rows.repeat_interleave(counts)
-        within = torch.arange(features.shape[0], device=device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
-        feature_dest = start[image_rows, image_cols].repeat_interleave(counts) + within
-        fits = feature_dest < lengths[feature_rows]
-        inputs_embeds[feature_rows[fits], feature_dest[fits] + offset[feature_rows[fits]]] = features[fits].to(
-            inputs_embeds.dtype
-        )
+    inputs_embeds = text_embeds.new_zeros(batch, layout.width, text_embeds.shape[-1])
+    text_rows, text_cols, text_dest = _place_text(inputs_embeds, text_embeds, is_text, layout)
+    _place_images(inputs_embeds, image_features, chunk_index, chunk_lengths[chunk_index], is_image, layout)
     if len(unused_chunks):
         # Text-only rows of a multimodal batch: their (zero) images stay in the graph with zero
         # weight, so every rank of a distributed run uses the projector and the tower.
         unused = [image_features[i] for i in unused_chunks.tolist()]
         inputs_embeds = inputs_embeds + 0.0 * sum(u.sum() for u in unused).to(inputs_embeds.dtype)
 
-    positions = torch.arange(width, device=device)[None, :] - offset[:, None]  # [B, L]
-    new_mask = (positions >= 0) & (positions < lengths[:, None])
+    positions = torch.arange(layout.width, device=device)[None, :] - layout.offset[:, None]  # [B, L]
+    new_mask = (positions >= 0) & (positions < layout.lengths[:, None])
     position_ids = positions.clamp(min=0) * new_mask
 
     new_labels = None
     if labels is not None:
-        new_labels = torch.full((batch, width), IGNORE_INDEX, dtype=labels.dtype, device=device)
-        new_labels[text_rows, text_dest + offset[text_rows]] = labels[text_rows, text_cols]
-    return MergedInputs(inputs_embeds, new_mask, position_ids, new_labels, lengths)
+        new_labels = torch.full((batch, layout.width), IGNORE_INDEX, dtype=labels.dtype, device=device)
+        new_labels[text_rows, text_dest + layout.offset[text_rows]] = labels[text_rows, text_cols]
+    return MergedInputs(inputs_embeds, new_mask, position_ids, new_labels, layout.lengths)
+
+
+def _place_text(
+    inputs_embeds: torch.Tensor, text_embeds: torch.Tensor, is_text: torch.Tensor, layout: _Layout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Write each text token that fits to its one output position; returns where each came from
+    (row, column) and went (position before left padding)."""
+    rows, cols = is_text.nonzero(as_tuple=True)
+    dest = layout.start[rows, cols]
+    fits = dest < layout.lengths[rows]
+    rows, cols, dest = rows[fits], cols[fits], dest[fits]
+    inputs_embeds[rows, dest + layout.offset[rows]] = text_embeds[rows, cols]
+    return rows, cols, dest
+
+
+def _place_images(
+    inputs_embeds: torch.Tensor,
+    image_features: torch.Tensor | Sequence[torch.Tensor],
+    chunk_index: torch.Tensor,
+    counts: torch.Tensor,
+    is_image: torch.Tensor,
+    layout: _Layout,
+) -> None:
+    """Write each placeholder's feature chunk (`counts[p]` rows) to consecutive output positions."""
+    image_rows, image_cols = is_image.nonzero(as_tuple=True)  # row-major, same order as chunk_index
+    if isinstance(image_features, torch.Tensor):
+        features = image_features[chunk_index].flatten(0, 1)  # [sum N_k, D]
+    else:
+        features = torch.cat([image_features[i] for i in chunk_index.tolist()]) if len(chunk_index) else None
+    if features is None or not features.shape[0]:
+        return
+    rows = image_rows.repeat_interleave(counts)
+    within = torch.arange(features.shape[0], device=rows.device) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+    dest = layout.start[image_rows, image_cols].repeat_interleave(counts) + within
+    fits = dest < layout.lengths[rows]
+    inputs_embeds[rows[fits], dest[fits] + layout.offset[rows[fits]]] = features[fits].to(inputs_embeds.dtype)

@@ -7,6 +7,7 @@ checkpoints and `mm_projector.bin` files load unchanged. An unknown type string 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from types import SimpleNamespace
@@ -194,6 +195,7 @@ def build_vision_projector(config: Any) -> nn.Module:
     raise ValueError(f"Unknown projector type: {projector_type!r}; valid types: {PROJECTOR_TYPES_HELP}")
 
 
+@functools.lru_cache(maxsize=None)
 def projected_token_count(projector_type: str, num_patches: int) -> int:
     """How many embedding rows one image becomes: the length of what a `projector_type` projector
     makes of `num_patches` tower features, i.e. what the splice inserts per `<image>`.

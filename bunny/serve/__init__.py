@@ -1,2 +1,2 @@
-"""Serving tools: the terminal chat (`python -m bunny.serve.cli`) and the web demo's controller,
-model workers and Gradio server."""
+"""Serving: HTTP and the web page on top of `bunny.inference` (the terminal chat, the controller, the
+model workers with the OpenAI API, the Gradio page). Nothing outside this package imports it."""

@@ -348,7 +348,23 @@ def create_app(controller: Controller, secret: str) -> FastAPI:
             yield
 
     app = FastAPI(title="Bunny controller", lifespan=lifespan)
+    _add_error_handlers(app, controller)
 
+    async def workers_only(request: Request) -> None:
+        refusal = check_authorization(request.headers.get("Authorization"), secret)
+        if refusal is not None:
+            raise Unauthorized(*refusal)
+
+    _add_worker_routes(app, controller, Depends(workers_only))
+    _add_client_routes(app, controller)
+    return app
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    return parse_body(await read_body(request, MAX_REQUEST_BYTES))
+
+
+def _add_error_handlers(app: FastAPI, controller: Controller) -> None:
     @app.exception_handler(PayloadError)
     async def bad_payload(request: Request, err: PayloadError) -> JSONResponse:
         return JSONResponse({"error": f"{request.url.path}: {err}"}, status_code=400)
@@ -360,21 +376,17 @@ def create_app(controller: Controller, secret: str) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
         return JSONResponse({"error": f"{request.url.path}: {err.reason}"}, status_code=err.status, headers=headers)
 
-    async def workers_only(request: Request) -> None:
-        refusal = check_authorization(request.headers.get("Authorization"), secret)
-        if refusal is not None:
-            raise Unauthorized(*refusal)
-
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, err: BodyTooLarge) -> JSONResponse:
         return JSONResponse({"error": f"{request.url.path}: {err}"}, status_code=413)
 
-    async def body(request: Request) -> dict[str, Any]:
-        return parse_body(await read_body(request, MAX_REQUEST_BYTES))
 
-    @app.post("/register_worker", dependencies=[Depends(workers_only)])
+def _add_worker_routes(app: FastAPI, controller: Controller, workers_only: Any) -> None:
+    """What only workers (holding the secret) may do."""
+
+    @app.post("/register_worker", dependencies=[workers_only])
     async def register_worker(request: Request) -> Any:
-        data = await body(request)
+        data = await _body(request)
         name = check_worker_address(field(data, "worker_name", str))
         check_heart_beat = field(data, "check_heart_beat", bool, False)
         status = field(data, "worker_status", dict, None)
@@ -385,6 +397,16 @@ def create_app(controller: Controller, secret: str) -> FastAPI:
                 return JSONResponse({"error": str(err)}, status_code=502)
         controller.register_worker(name, check_heart_beat, status)
         return None
+
+    @app.post("/receive_heart_beat", dependencies=[workers_only])
+    async def receive_heart_beat(request: Request) -> Any:
+        data = await _body(request)
+        exist = controller.receive_heart_beat(field(data, "worker_name", str), field(data, "queue_length", int, 0))
+        return {"exist": exist}
+
+
+def _add_client_routes(app: FastAPI, controller: Controller) -> None:
+    """What the web page and other clients use."""
 
     @app.post("/refresh_all_workers")
     async def refresh_all_workers() -> Any:
@@ -397,25 +419,17 @@ def create_app(controller: Controller, secret: str) -> FastAPI:
 
     @app.post("/get_worker_address")
     async def get_worker_address(request: Request) -> Any:
-        return {"address": controller.get_worker_address(field(await body(request), "model", str))}
-
-    @app.post("/receive_heart_beat", dependencies=[Depends(workers_only)])
-    async def receive_heart_beat(request: Request) -> Any:
-        data = await body(request)
-        exist = controller.receive_heart_beat(field(data, "worker_name", str), field(data, "queue_length", int, 0))
-        return {"exist": exist}
+        return {"address": controller.get_worker_address(field(await _body(request), "model", str))}
 
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(request: Request) -> Any:
-        params = await body(request)
+        params = await _body(request)
         field(params, "model", str)
         return StreamingResponse(controller.worker_api_generate_stream(params))
 
     @app.post("/worker_get_status")
     async def worker_get_status() -> Any:
         return await controller.worker_api_get_status()
-
-    return app
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,19 +41,14 @@ import gradio as gr
 import requests
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN
-from bunny.conversation import Conversation, SeparatorStyle, get_conv_template
+from bunny.conversation import Conversation, get_conv_template
+from bunny.model.backbones import template_for_model_name
 from bunny.serve.protocol import WORKER_REQUEST_TIMEOUT, add_bind_arguments, build_logger, iter_chunks, log_directory
-from bunny.util.mm_utils import MAX_IMAGE_BYTES
-from bunny.util.utils import moderation_msg, server_error_msg
+from bunny.util.images import MAX_IMAGE_BYTES, pad_to_square
+from bunny.util.utils import atomic_write, moderation_msg, server_error_msg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRIORITY = {"Bunny-v1.1-Llama-3-8B-V": "a", "Bunny-v1.1-4B": "b", "Bunny-v1.0-3B": "c"}
-NAMED_TEMPLATES = {  # the original's rule for released models whose names don't say their LLM
-    "llama": {"Bunny-Llama-3-8B-V", "Bunny-v1_1-Llama-3-8B-V", "Bunny-v1.1-Llama-3-8B-V"},
-    "phi3": {"Bunny-v1_0-4B", "Bunny-v1.0-4B", "Bunny-v1_1-4B", "Bunny-v1.1-4B"},
-    "minicpm": {"Bunny-v1_0-3B-zh", "Bunny-v1.0-3B-zh"},
-}
-NAME_PARTS = {"llama": "llama3-8b", "phi3": "phi-3", "minicpm": "minicpm"}
 MAX_TEXT = 1536  # characters of a message; 1200 with an image
 MAX_TEXT_WITH_IMAGE = 1200
 CURSOR = "▌"
@@ -87,13 +82,7 @@ def get_model_list(controller_url: str) -> list[str]:
 def template_for(model_name: str, worker_status: dict[str, Any] | None = None) -> str:
     """The worker's template for the model if it says (ours do), else the original's rule on the name."""
     reported = (worker_status or {}).get("conv_mode")
-    if isinstance(reported, str):
-        return reported
-    lowered = model_name.lower()
-    for template, part in NAME_PARTS.items():
-        if part in lowered or model_name in NAMED_TEMPLATES[template]:
-            return template
-    return "bunny"
+    return reported if isinstance(reported, str) else template_for_model_name(model_name)
 
 
 def worker_status(address: str) -> dict[str, Any] | None:
@@ -130,10 +119,8 @@ def image_md5(image: Any) -> str:
 
 def _write_jpeg(image: Any, path: str) -> str:
     if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".partial.jpg"
-        image.convert("RGB").save(tmp)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            image.convert("RGB").save(f, format="JPEG")
     return path
 
 
@@ -156,6 +143,33 @@ def display_directory() -> str:
 def display_image(image: Any) -> str:
     """The path of the copy of `image` the chat shows (written once)."""
     return _write_jpeg(image, os.path.join(display_directory(), image_md5(image) + ".jpg"))
+
+
+def conversation_images(
+    state: Conversation, pad_color: tuple[int, int, int] = (122, 116, 104), resize_to: int = 336
+) -> list[Any]:
+    """The images of the user turns, after each message's preprocessing mode (the page's hidden
+    "Preprocess for non-square image" choice; `pad_color` and `resize_to` are the original's fixed
+    values for its "Pad" and "Resize")."""
+    images = []
+    for i, (_, message) in enumerate(state.messages[state.offset :]):
+        if i % 2 != 0 or not isinstance(message, tuple):
+            continue
+        _, image, mode = message
+        if mode == "Pad":
+            image = pad_to_square(image, pad_color)
+        elif mode == "Resize":
+            image = image.resize((resize_to, resize_to))
+        elif mode not in ("Default", "Crop"):
+            raise ValueError(f"Invalid image_process_mode: {mode}")
+        images.append(image)
+    return images
+
+
+def base64_png(image: Any) -> str:
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def chat_messages(state: Conversation) -> list[dict[str, Any]]:
@@ -192,9 +206,7 @@ def conversation_html(state: Conversation) -> str:
             continue
         if isinstance(message, tuple):
             text, image, _ = message
-            buffer = BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
-            data = base64.b64encode(buffer.getvalue()).decode()
+            data = base64_png(image.convert("RGB"))
             parts.append(f"<p><img src='data:image/png;base64,{data}' style='max-width:400px'></p>")
             message = text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
         parts.append(f"<p><b>{html.escape(role)}:</b> {html.escape(message)}</p>")
@@ -222,7 +234,7 @@ class WebServer:
         if image is not None:
             if DEFAULT_IMAGE_TOKEN not in text:
                 text = text + "\n" + DEFAULT_IMAGE_TOKEN
-            if state.get_images(return_pil=True):  # one image per conversation: start afresh
+            if conversation_images(state):  # one image per conversation: start afresh
                 state = get_conv_template("bunny")
             message: Any = (text, image, mode)
         else:
@@ -243,42 +255,48 @@ class WebServer:
     ) -> Iterator[tuple]:
         """Stream the answer of the worker serving `model_name` into the last reply."""
         start = time.time()
-        if state.skip_next:
-            yield state, chat_messages(state), *self.buttons(True)
-            return
-        try:
-            response = requests.post(
-                self.args.controller_url + "/get_worker_address", json={"model": model_name}, timeout=WORKER_REQUEST_TIMEOUT
-            )
-            address = response.json()["address"]
-        except (requests.RequestException, ValueError, KeyError) as err:
-            logger.warning(f"controller {self.args.controller_url} did not answer: {err}")
-            address = ""
+        address = "" if state.skip_next else self.worker_address(model_name)
         if not address:
-            state.messages[-1][-1] = server_error_msg
+            if not state.skip_next:
+                state.messages[-1][-1] = server_error_msg
             yield state, chat_messages(state), *self.buttons(True)
             return
-
         if len(state.messages) == state.offset + 2:  # the first turn: the model's own template
             template = get_conv_template(template_for(model_name, worker_status(address)))
             template.append_message(template.roles[0], state.messages[-2][1])
             template.append_message(template.roles[1], None)
             state = template
-        prompt = state.get_prompt()
-        images = state.get_images(return_pil=True)
+        images = conversation_images(state)
         for image in images:
             save_image(image)
         payload = {
-            "model": model_name,
-            "prompt": prompt,
-            "temperature": float(temperature),
-            "top_p": float(top_p),
-            "max_new_tokens": min(int(max_new_tokens), 1536),
-            "repetition_penalty": float(repetition_penalty),
-            "stop": state.sep if state.sep_style == SeparatorStyle.PLAIN else state.sep2,
-            "images": state.get_images(),
+            "model": model_name, "prompt": state.get_prompt(), "temperature": float(temperature),
+            "top_p": float(top_p), "max_new_tokens": min(int(max_new_tokens), 1536),
+            "repetition_penalty": float(repetition_penalty), "stop": state.stop_str,
+            "images": [base64_png(image) for image in images],
         }
         logger.info(f"==== request to {address} ====\n{dict(payload, images=f'{len(images)} image(s)')}")
+        finished = yield from self.stream_reply(state, address, payload)
+        if finished:
+            log_conversation({
+                "tstamp": round(time.time(), 4), "type": "chat", "model": model_name, "start": round(start, 4),
+                "finish": round(time.time(), 4), "state": state.dict(), "images": [image_md5(i) for i in images],
+                "ip": client_ip(request),
+            })
+
+    def worker_address(self, model_name: str) -> str:
+        """The worker the controller names for `model_name`; "" when none, or the controller is silent."""
+        try:
+            response = requests.post(
+                self.args.controller_url + "/get_worker_address", json={"model": model_name}, timeout=WORKER_REQUEST_TIMEOUT
+            )
+            return response.json()["address"]
+        except (requests.RequestException, ValueError, KeyError, TypeError) as err:
+            logger.warning(f"controller {self.args.controller_url} did not answer: {err}")
+            return ""
+
+    def stream_reply(self, state: Conversation, address: str, payload: dict[str, Any]) -> Iterator[tuple]:
+        """Show the worker's answer as it streams (a cursor at its end); returns whether it ended well."""
         state.messages[-1][-1] = CURSOR
         yield state, chat_messages(state), *self.buttons(False)
         try:
@@ -287,26 +305,21 @@ class WebServer:
                 stream=True, timeout=1000,
             ) as response:
                 for chunk in iter_chunks(response.iter_lines(delimiter=b"\0")):
-                    if chunk["error_code"] == 0:
-                        state.messages[-1][-1] = chunk["text"][len(prompt):].strip() + CURSOR
-                        yield state, chat_messages(state), *self.buttons(False)
-                        time.sleep(0.03)
-                    else:
+                    if chunk["error_code"] != 0:
                         state.messages[-1][-1] = chunk["text"] + f" (error_code: {chunk['error_code']})"
                         yield state, chat_messages(state), *self.buttons(True)
-                        return
+                        return False
+                    state.messages[-1][-1] = chunk["text"][len(payload["prompt"]):].strip() + CURSOR
+                    yield state, chat_messages(state), *self.buttons(False)
+                    time.sleep(0.03)
         except (requests.RequestException, ValueError) as err:
             logger.warning(f"worker {address} failed: {err}")
             state.messages[-1][-1] = server_error_msg
             yield state, chat_messages(state), *self.buttons(True)
-            return
+            return False
         state.messages[-1][-1] = state.messages[-1][-1].removesuffix(CURSOR)
         yield state, chat_messages(state), *self.buttons(True)
-        log_conversation({
-            "tstamp": round(time.time(), 4), "type": "chat", "model": model_name, "start": round(start, 4),
-            "finish": round(time.time(), 4), "state": state.dict(), "images": [image_md5(i) for i in images],
-            "ip": client_ip(request),
-        })
+        return True
 
     def vote(self, kind: str):
         def handler(state: Conversation, model_name: str, request: gr.Request = None):

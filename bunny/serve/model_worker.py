@@ -10,7 +10,7 @@ Endpoints:
 - POST /v1/chat/completions, GET /v1/models: the OpenAI chat API (`bunny.serve.openai_api`).
 
 Requests in flight are decoded as one batch that requests join and leave between two steps
-(continuous batching, `bunny.serve.batching`); with greedy decoding each gets the answer it would
+(continuous batching, `bunny.inference.engine`); with greedy decoding each gets the answer it would
 get alone.
 
 Differences from the original, on purpose:
@@ -59,9 +59,10 @@ from starlette.concurrency import run_in_threadpool
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX, WORKER_HEART_BEAT_INTERVAL
 from bunny.conversation import get_conv_template
+from bunny.inference.engine import BatchGenerator, Chunk, Done, Event, Failed, GenerationRequest
+from bunny.inference.options import check_model_arguments, load_model
+from bunny.inference.prompts import resolve_conv_mode
 from bunny.serve import openai_api
-from bunny.serve.batching import BatchGenerator, Chunk, Done, Event, Failed, GenerationRequest
-from bunny.serve.generation import resolve_conv_mode
 from bunny.serve.limits import (
     MAX_IMAGES_PER_REQUEST,
     MAX_REQUEST_BYTES,
@@ -85,13 +86,13 @@ from bunny.serve.protocol import (
 )
 from bunny.serve.secret import SECRET_ENV, SecretError, authorization, find_secret
 from bunny.util.image_fetch import FetchError, FetchTooLarge, fetch_image
-from bunny.util.mm_utils import (
+from bunny.util.images import (
     MAX_IMAGE_BYTES,
     ImageLoadError,
     load_image_from_base64,
     load_image_from_bytes,
-    tokenizer_image_token,
 )
+from bunny.util.tokens import get_model_name_from_path, tokenizer_image_token
 
 MAX_NEW_TOKENS = 1024  # the most a request may ask for, as in the original
 MAX_CHARS_PER_POSITION = 256  # far more than the longest token of any Bunny LLM: a longer prompt cannot fit
@@ -150,7 +151,9 @@ class ModelWorker:
             model, tokenizer, image_processor, max_batch_size=limit_model_concurrency, batch_window=batch_window,
             background=generate_in_background, log=self.logger,
         )
-        self.semaphore: asyncio.Semaphore | None = None
+        self.semaphore: asyncio.Semaphore | None = None  # made in the server's event loop
+        self.busy = 0  # requests holding a slot
+        self.waiting = 0  # requests waiting for one
         self.started = int(time.time())
 
     # -- the controller ----------------------------------------------------------------------------
@@ -215,11 +218,8 @@ class ModelWorker:
             threading.Thread(target=self.send_heart_beat, daemon=True).start()
 
     def get_queue_length(self) -> int:
-        if self.semaphore is None:
-            return 0
-        # as the original: slots taken plus requests waiting for one
-        waiters = len(getattr(self.semaphore, "_waiters", None) or ())
-        return self.limit_model_concurrency - self.semaphore._value + waiters
+        """As the original: slots taken plus requests waiting for one."""
+        return self.busy + self.waiting
 
     def get_status(self) -> dict[str, Any]:
         # conv_mode (not in the original) tells the web server which template the model uses
@@ -384,18 +384,30 @@ class ModelWorker:
         """Wait for one of the --limit-model-concurrency slots."""
         if self.semaphore is None:
             self.semaphore = asyncio.Semaphore(self.limit_model_concurrency)
-        await self.semaphore.acquire()
+        self.waiting += 1
+        try:
+            await self.semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        self.busy += 1
         self.beat_now()
 
     def release(self) -> None:
+        self.busy -= 1
         self.semaphore.release()
         self.beat_now()
 
 
 def create_app(worker: ModelWorker) -> FastAPI:
-    """The FastAPI app serving `worker`."""
+    """The FastAPI app serving `worker`: the original's endpoints and the OpenAI API."""
     app = FastAPI(title="Bunny model worker")
+    _add_error_handlers(app, worker)
+    _add_native_routes(app, worker)
+    _add_openai_routes(app, worker)
+    return app
 
+
+def _add_error_handlers(app: FastAPI, worker: ModelWorker) -> None:
     @app.exception_handler(PayloadError)
     async def bad_payload(request: Request, err: PayloadError) -> Response:
         worker.logger.info(f"{request.url.path}: refused: {err}")
@@ -411,6 +423,8 @@ def create_app(worker: ModelWorker) -> FastAPI:
         worker.logger.info(f"{request.url.path}: refused: {err}")
         return Response(encode_chunk(str(err), ERROR_WORKER), status_code=413)
 
+
+def _add_native_routes(app: FastAPI, worker: ModelWorker) -> None:
     @app.post("/worker_get_status")
     async def worker_get_status() -> Any:
         return worker.get_status()
@@ -424,20 +438,23 @@ def create_app(worker: ModelWorker) -> FastAPI:
                 return Response(encode_chunk(prompt + TOO_LONG_TEXT))
             await worker.slot()
             events = worker.submit(generation)
+        return StreamingResponse(_native_stream(worker, prompt, events))
 
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                async for event in events:
-                    if isinstance(event, Failed):
-                        worker.logger.error(f"generation failed: {event.message}")
-                        yield error_chunk(ERROR_WORKER)
-                    elif not (isinstance(event, Done) and event.finish_reason == "cancelled"):
-                        yield encode_chunk(prompt + event.text)
-            finally:
-                worker.release()
 
-        return StreamingResponse(stream())
+async def _native_stream(worker: ModelWorker, prompt: str, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    """The original's NUL-delimited chunks, each the prompt followed by the reply so far."""
+    try:
+        async for event in events:
+            if isinstance(event, Failed):
+                worker.logger.error(f"generation failed: {event.message}")
+                yield error_chunk(ERROR_WORKER)
+            elif not (isinstance(event, Done) and event.finish_reason == "cancelled"):
+                yield encode_chunk(prompt + event.text)
+    finally:
+        worker.release()
 
+
+def _add_openai_routes(app: FastAPI, worker: ModelWorker) -> None:
     @app.get("/v1/models")
     async def models() -> Any:
         return openai_api.models_list(worker.model_name, worker.started)
@@ -454,39 +471,41 @@ def create_app(worker: ModelWorker) -> FastAPI:
             chat, generation, prompt_tokens = await run_in_threadpool(worker.prepare_chat, body)
             await worker.slot()
             events = worker.submit(generation)
-        if not chat.stream:
-            try:
-                async for event in events:
-                    if isinstance(event, Failed):
-                        raise openai_api.APIError(500, f"generation failed: {event.message}")
-                    if isinstance(event, Done):
-                        return openai_api.completion(chat, event.text, event.finish_reason, prompt_tokens, event.completion_tokens)
-            finally:
-                worker.release()
+        if chat.stream:
+            return StreamingResponse(_openai_stream(worker, chat, events, prompt_tokens), media_type="text/event-stream")
+        try:
+            async for event in events:
+                if isinstance(event, Failed):
+                    raise openai_api.APIError(500, f"generation failed: {event.message}")
+                if isinstance(event, Done):
+                    return openai_api.completion(chat, event.text, event.finish_reason, prompt_tokens, event.completion_tokens)
+        finally:
+            worker.release()
 
-        async def stream() -> AsyncIterator[bytes]:
-            sent = ""
-            try:
-                yield openai_api.chunk(chat, {"role": "assistant", "content": ""})
-                async for event in events:
-                    if isinstance(event, Failed):
-                        error = openai_api.APIError(500, f"generation failed: {event.message}")
-                        yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
-                        break
-                    if event.text != sent:
-                        yield openai_api.chunk(chat, {"content": event.text[len(sent):]})
-                        sent = event.text
-                    if isinstance(event, Done):
-                        yield openai_api.chunk(chat, {}, event.finish_reason)
-                        if chat.include_usage:
-                            yield openai_api.chunk(chat, None, usage=openai_api.usage(prompt_tokens, event.completion_tokens))
-                yield openai_api.DONE
-            finally:
-                worker.release()
 
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
-    return app
+async def _openai_stream(
+    worker: ModelWorker, chat: openai_api.ChatRequest, events: AsyncIterator[Event], prompt_tokens: int
+) -> AsyncIterator[bytes]:
+    """Server-sent events: the role, the reply's new text as it comes, the finish reason, the usage
+    when asked for, then `[DONE]`."""
+    sent = ""
+    try:
+        yield openai_api.chunk(chat, {"role": "assistant", "content": ""})
+        async for event in events:
+            if isinstance(event, Failed):
+                error = openai_api.APIError(500, f"generation failed: {event.message}")
+                yield b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+                break
+            if event.text != sent:
+                yield openai_api.chunk(chat, {"content": event.text[len(sent):]})
+                sent = event.text
+            if isinstance(event, Done):
+                yield openai_api.chunk(chat, {}, event.finish_reason)
+                if chat.include_usage:
+                    yield openai_api.chunk(chat, None, usage=openai_api.usage(prompt_tokens, event.completion_tokens))
+        yield openai_api.DONE
+    finally:
+        worker.release()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -524,6 +543,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-window", type=float, default=0.01,
         help="seconds a request arriving at an idle worker waits for others to be prefilled with",
     )
+    _add_limit_arguments(parser)
+    return parser
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a client may send and have fetched (see the module docstring)."""
     parser.add_argument(
         "--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="larger images are refused before decoding"
     )
@@ -551,37 +576,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-images-per-request", type=int, default=MAX_IMAGES_PER_REQUEST, help="most images one request may carry"
     )
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import uvicorn
-
-    from bunny.model.builder import load_pretrained_model
-    from bunny.serve.cli import device_problem, model_path_problem
-    from bunny.util.mm_utils import get_model_name_from_path
-    from bunny.util.utils import disable_torch_init
-
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.model_path = args.model_path.rstrip("/") or args.model_path
-    for problem in (device_problem(args.device), model_path_problem(args.model_path)):
-        if problem is not None:
-            parser.error(problem)
-    if args.limit_model_concurrency < 1:
-        parser.error("--limit-model-concurrency must be at least 1")
+    check_model_arguments(parser, args)
     if args.allow_private_image_urls and not args.allow_image_urls:
         parser.error("--allow-private-image-urls needs --allow-image-urls")
-    for flag in ("max_concurrent_image_fetches", "max_request_bytes", "max_images_per_request"):
+    for flag in ("limit_model_concurrency", "max_concurrent_image_fetches", "max_request_bytes", "max_images_per_request"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    model_name = args.model_name or get_model_name_from_path(args.model_path)
-    disable_torch_init()
-    tokenizer, model, image_processor, context_len = load_pretrained_model(
-        args.model_path, args.model_base, model_name, args.model_type, args.load_8bit, args.load_4bit, device=args.device,
-    )
-    worker = ModelWorker(
-        tokenizer, model, image_processor, context_len, model_name, args.model_type,
+    args.model_name = args.model_name or get_model_name_from_path(args.model_path)
+    return args
+
+
+def build_worker(args: argparse.Namespace) -> ModelWorker:
+    """Load the model the flags name and wrap it in a worker that generates on the caller's thread."""
+    tokenizer, model, image_processor, context_len = load_model(args, require_vision_tower=False)
+    return ModelWorker(
+        tokenizer, model, image_processor, context_len, args.model_name, args.model_type,
         controller_address=None if args.no_register else args.controller_address,
         worker_address=args.worker_address,
         secret_file=args.secret_file,
@@ -591,26 +606,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_image_pixels=args.max_image_pixels,
         max_image_bytes=args.max_image_bytes,
         image_fetch_timeout=args.image_fetch_timeout,
-        generate_in_background=False,  # on this thread, below
+        generate_in_background=False,  # see `serve`
         allow_image_urls=args.allow_image_urls,
         allow_private_image_urls=args.allow_private_image_urls,
         max_concurrent_image_fetches=args.max_concurrent_image_fetches,
         max_request_bytes=args.max_request_bytes,
         max_images_per_request=args.max_images_per_request,
     )
-    worker.logger.info(f"args: {args}")
-    if args.multi_modal:
-        worker.logger.warning("--multi-modal is deprecated: every Bunny model is multimodal")
-    # HTTP is served from a thread; generation runs on the main thread, where PyTorch's CPU
-    # threads are fastest (see BatchGenerator.run_forever).
-    server = uvicorn.Server(uvicorn.Config(create_app(worker), host=args.host, port=args.port, log_level="info"))
+
+
+def serve(worker: ModelWorker, host: str, port: int, register: bool) -> None:
+    """Serve HTTP from a thread and generate on this one, where PyTorch's CPU threads are fastest
+    (see `BatchGenerator.run_forever`); register with the controller once the server listens."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(worker), host=host, port=port, log_level="info"))
     http = threading.Thread(target=server.run, name="http", daemon=True)
     http.start()
     while not server.started:
         if not http.is_alive():
-            raise SystemExit(f"model_worker: could not serve on {args.host}:{args.port} (see the log above)")
+            raise SystemExit(f"model_worker: could not serve on {host}:{port} (see the log above)")
         time.sleep(0.05)
-    if not args.no_register:
+    if register:
         try:
             worker.register_to_controller()
         except RuntimeError as err:
@@ -624,6 +641,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         server.should_exit = True
         http.join(5)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    worker = build_worker(args)
+    worker.logger.info(f"args: {args}")
+    if args.multi_modal:
+        worker.logger.warning("--multi-modal is deprecated: every Bunny model is multimodal")
+    serve(worker, args.host, args.port, register=not args.no_register)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ import os
 import secrets
 import socket
 import stat
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from bunny.util.utils import atomic_write
 
 SECRET_ENV = "BUNNY_CONTROLLER_SECRET"
 SECRET_DIR_ENV = "BUNNY_SECRET_DIR"
@@ -132,14 +133,8 @@ def is_private_file(path: Path) -> bool:
 
 def write_secret(path: Path, secret: str) -> None:
     """Write `secret` to `path` with mode 0600, atomically (a temporary file renamed over it)."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(secret + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_write(path, private=True) as file:
+        file.write(secret + "\n")
 
 
 def keep_secret(port: int, secret_file: str | None = None) -> tuple[str, Path]:

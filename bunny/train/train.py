@@ -33,8 +33,6 @@ from bunny.data.tokenizer import load_training_tokenizer
 from bunny.model.backbones import Backbone, get_backbone
 from bunny.model.builder import NOT_QUANTISED, read_config
 from bunny.model.checkpoint_files import load_projector_weights
-from bunny.model.projector import build_vision_projector
-from bunny.model.vision_tower import build_vision_tower
 from bunny.train.args import DataArguments, ModelArguments, TrainingArguments, parse_args
 from bunny.train.trainable import describe_trainable, lora_target_modules, projector_state, save_bin
 from bunny.train.trainer import BunnyTrainer, is_peft_model
@@ -65,7 +63,7 @@ def load_language_model(model_args: ModelArguments, args: TrainingArguments, bac
             bnb_4bit_quant_type=args.quant_type,
         )
     overrides = {}
-    if backbone.config_class.model_type in ("bunny-phi", "bunny-llama"):
+    if backbone.special_ids_from_tokenizer:
         overrides = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     config = read_config(model_args.model_name_or_path, model_args.model_type, cache_dir=args.cache_dir, **overrides)
     model = backbone.model_class.from_pretrained(model_args.model_name_or_path, config=config, **kwargs)
@@ -99,18 +97,16 @@ def initialize_vision_modules(model: nn.Module, model_args: ModelArguments, args
     config.use_s2 = model_args.use_s2
     if model_args.use_s2:
         config.s2_scales = model_args.s2_scales
-    tower = model.get_vision_tower()
-    if tower is None:
-        tower = build_vision_tower(config)
-        model.get_model().vision_tower = tower
-    tower.load_model()
     config.use_mm_proj = True
-    config.mm_hidden_size = tower.hidden_size
-    embed = model.get_input_embeddings().weight
-    if getattr(model.get_model(), "mm_projector", None) is None:
+    if model.get_vision_tower() is None:  # a plain LLM: Bunny's modules as the flags say
         config.mm_projector_type = model_args.mm_projector_type
-        model.get_model().mm_projector = build_vision_projector(config).to(device=embed.device)
-    model.get_model().mm_projector.requires_grad_(True)
+        model.attach_vision_modules(load_tower=True)
+    else:  # a Bunny model trained on: its own tower and projector
+        model.get_vision_tower().load_model()
+        config.mm_hidden_size = model.get_vision_tower().hidden_size
+    tower = model.get_vision_tower()
+    embed = model.get_input_embeddings().weight
+    model.get_model().mm_projector.to(device=embed.device).requires_grad_(True)
     if model_args.pretrain_mm_mlp_adapter:
         load_projector_weights(model.get_model().mm_projector, model_args.pretrain_mm_mlp_adapter)
     # A trained tower keeps float32 weights for its optimiser; a frozen one runs in the compute dtype.

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from bunny.model.builder import MULTIMODAL_KEYWORDS, exclude_multimodal_modules
+from bunny.util.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,8 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 def save_bin(state: dict[str, torch.Tensor], path: str) -> None:
     """`torch.save` to `path` through a temporary name, so a crash never leaves a partial file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def describe_trainable(model: nn.Module) -> str:

@@ -18,14 +18,30 @@ def disable_torch_init() -> None:
     setattr(torch.nn.LayerNorm, "reset_parameters", lambda self: None)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _current_umask()  # read once: setting it (the only way to read it) is not thread-safe
+
+
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open `path` for writing through a temporary file in the same directory, renamed into place
-    only when the block succeeds: a crash never leaves a partial file under the final name."""
+def atomic_write(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", private: bool = False
+) -> Iterator[IO]:
+    """Open `path` for writing through a temporary file in the same directory (created if needed),
+    renamed into place only when the block succeeds: a crash never leaves a partial file under the
+    final name. The file gets the permissions a plain `open` would give it, or only the owner's
+    (0600) when `private`. The one way this package writes a file that others read."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")  # 0600
     try:
+        if not private:
+            os.chmod(tmp, 0o666 & ~UMASK)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
         os.replace(tmp, path)

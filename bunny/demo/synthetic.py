@@ -1,7 +1,7 @@
 """A small, seeded world of coloured shapes in the original's data formats, for the demo and tests.
 
 Run as:
-    python -m bunny.data.synthetic --output-dir data/shapes [--seed 0] [--num-pretrain 3000]
+    python -m bunny.demo.synthetic --output-dir data/shapes [--seed 0] [--num-pretrain 3000]
         [--num-finetune 4000] [--num-eval 400] [--text-only-fraction 0.05]
 
 Each picture has a light background, a random size (96-192 px wide, aspect ratio 0.75-1.5) and one
@@ -360,7 +360,7 @@ def generate(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m bunny.data.synthetic", description="Generate the seeded shapes data set of the demo."
+        prog="python -m bunny.demo.synthetic", description="Generate the seeded shapes data set of the demo."
     )
     parser.add_argument("--output-dir", required=True, help="directory to write the data set into")
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")

@@ -1,5 +1,6 @@
-"""Continuously batched, streamed generation for the model worker: the requests in flight are decoded
-together, one token per step, and each streams its own text as its tokens come.
+"""The generation engine: continuously batched, streamed generation (the model worker's). The
+requests in flight are decoded together, one token per step, and each streams its own text as its
+tokens come.
 
 A request is a prompt (token ids with `IMAGE_TOKEN_INDEX` where its images go), its images and
 its generation settings. `BatchGenerator` runs one loop that keeps a batch of rows decoding: between
@@ -42,8 +43,10 @@ from transformers import (
 
 from bunny.constants import IMAGE_TOKEN_INDEX
 from bunny.model.kv_cache import BlockGrowingCache
-from bunny.serve.generation import stop_prefix_len, to_model_inputs
-from bunny.util.mm_utils import pad_token_ids, process_images
+from bunny.inference.generate import to_model_inputs
+from bunny.inference.stops import visible_text
+from bunny.util.images import process_images
+from bunny.util.tokens import pad_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -155,17 +158,14 @@ class _Row:
             self.finish(self.sent, "stop")
             return
         text = tokenizer.decode(self.tokens, skip_special_tokens=True)
-        hits = [text.index(stop) for stop in request.stop if stop and stop in text]
-        if hits:
-            self.finish(text[: min(hits)], "stop")
+        shown, stopped = visible_text(text, request.stop)
+        if stopped:
+            self.finish(shown, "stop")
         elif len(self.tokens) >= request.max_new_tokens:
             self.finish(text, "length")
         elif request.cancelled.is_set():
             self.finish(text, "cancelled")
         else:
-            # Hold back an incomplete character and what may be the start of a stop string.
-            shown = text.rstrip("\ufffd")
-            shown = shown[: len(shown) - stop_prefix_len(shown, request.stop)]
             if shown != self.sent and shown.startswith(self.sent):
                 self.sent = shown
                 request.sink(Chunk(shown))
