@@ -292,7 +292,8 @@ class BunnyMixin:
         if features.shape[1] != self.image_token_count:  # what the worker and training count must be true
             raise ValueError(
                 f"images of {tuple(pixels.shape[-2:])} px gave {features.shape[1]} features each, but this model "
-                f"counts {self.image_token_count} per image; give the tower {self.get_vision_tower().config.image_size} px images"
+                f"counts {self.image_token_count} per image; preprocess images with the tower's processor "
+                f"({self.get_vision_tower().image_processor.crop_size})"
             )
         return features
 
