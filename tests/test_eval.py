@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bunny.eval import model_vqa_loader
+from bunny.eval.answering import LoadedModel, Settings
 from bunny.eval.common import answer_record, get_chunk, read_jsonl
 from bunny.eval.eval_shapes import normalize, score
 from bunny.model.builder import load_pretrained_model
@@ -86,12 +87,11 @@ def run_generator(question_file, answers, *extra):
 
 def test_batched_answers_equal_one_by_one_answers(question_file, tmp_path, in_fixture_root):
     path, questions = question_file
-    tokenizer, model, processor, _ = load_pretrained_model(CHECKPOINT, None, "bunny-phi-2", "phi-2", device="cpu")
+    loaded = LoadedModel(*load_pretrained_model(CHECKPOINT, None, "bunny-phi-2", "phi-2", device="cpu")[:3])
 
     def answers(batch_size):
         return model_vqa_loader.generate_answers(
-            questions, str(FIXTURES), tokenizer, model, processor, "bunny", "bunny-phi-2", batch_size,
-            max_new_tokens=6, temperature=0.0,
+            questions, str(FIXTURES), loaded, Settings("bunny", max_new_tokens=6), "bunny-phi-2", batch_size
         )
 
     alone = answers(1)

@@ -1,48 +1,28 @@
-"""What the answer generators share: their flags, chunking, reading question files, answer records."""
+"""What answer generators and scorers share: chunking, reading question and answer files, answer
+records, and the error for a missing benchmark file. (Light: no torch, so scorers start fast.)"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import os
 import uuid
 from typing import Any, Sequence
 
-import torch
 
-from bunny.conversation import conv_templates
-from bunny.model.backbones import MODEL_TYPES
-
-
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """The original's shared generator flags, plus `--device`."""
-    parser.add_argument("--model-path", type=str, required=True, help="checkpoint directory or hub id")
-    parser.add_argument("--model-base", type=str, default=None, help="base LLM, for LoRA or projector-only checkpoints")
-    parser.add_argument(
-        "--model-type", type=str, required=True, choices=MODEL_TYPES, help="the LLM back-end of the checkpoint"
-    )
-    parser.add_argument("--image-folder", type=str, default="", help="image paths in the question file are relative to this")
-    parser.add_argument("--question-file", type=str, required=True, help="questions, one JSON object per line")
-    parser.add_argument("--answers-file", type=str, required=True, help="answers are written here, one JSON object per line")
-    parser.add_argument(
-        "--conv-mode", type=str, default=None, choices=sorted(conv_templates),
-        help="conversation template; default: the one the model type was trained with",
-    )
-    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many consecutive chunks")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="answer only this chunk (0-based)")
-    parser.add_argument("--temperature", type=float, default=0.2, help="sampling temperature; 0 decodes greedily")
-    parser.add_argument(
-        "--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda when available, else cpu)",
-    )
+def chunk_range(count: int, num_chunks: int, chunk_idx: int) -> range:
+    """The rows of chunk `chunk_idx` of `num_chunks` consecutive chunks of size ceil(count / num_chunks)
+    (empty when there are fewer rows than chunks)."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"--chunk-idx {chunk_idx} must be in [0, --num-chunks {num_chunks})")
+    size = math.ceil(count / num_chunks)
+    return range(min(chunk_idx * size, count), min((chunk_idx + 1) * size, count))
 
 
 def get_chunk(items: Sequence[Any], num_chunks: int, chunk_idx: int) -> list[Any]:
-    """Chunk `chunk_idx` of `num_chunks` consecutive chunks of size ceil(len / num_chunks)."""
-    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
-        raise ValueError(f"--chunk-idx {chunk_idx} must be in [0, --num-chunks {num_chunks})")
-    size = math.ceil(len(items) / num_chunks)
-    return list(items[chunk_idx * size : (chunk_idx + 1) * size])
+    """The items of chunk `chunk_idx` (see `chunk_range`)."""
+    rows = chunk_range(len(items), num_chunks, chunk_idx)
+    return list(items[rows.start : rows.stop])
 
 
 def read_jsonl(path: str, required: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -68,8 +48,44 @@ def read_question_file(path: str) -> list[dict[str, Any]]:
     return read_jsonl(path, ("question_id", "text"))
 
 
-def answer_record(question_id: Any, prompt: str, text: str, model_id: str) -> dict[str, Any]:
-    """One line of an answer file. `answer_id` is derived from the model and question (the original
-    drew a random one), so the same run writes the same file."""
-    answer_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{model_id}/{question_id}").hex
-    return {"question_id": question_id, "prompt": prompt, "text": text, "answer_id": answer_id, "model_id": model_id, "metadata": {}}
+def answer_record(question_id: Any, prompt: str, text: str, model_id: str, row: int | str = "", **extra: Any) -> dict[str, Any]:
+    """One line of an answer file, with `extra` fields after `text` (MMBench's round and options).
+    `answer_id` is derived from the model, the question's row in the question file and its id (the
+    original drew a random one), so the same run writes the same file, and repeated question ids
+    (MME, TextVQA) still get distinct answer ids."""
+    answer_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{model_id}/{row}/{question_id}").hex
+    return {
+        "question_id": question_id, "prompt": prompt, "text": text, **extra,
+        "answer_id": answer_id, "model_id": model_id, "metadata": {},
+    }
+
+
+class MissingDataError(FileNotFoundError):
+    """An official benchmark file that is not where the evaluation looks for it. The message says
+    what the file is, where it goes and where it comes from."""
+
+    def __init__(self, path: str, what: str, source: str = "") -> None:
+        self.path = path
+        message = f"missing {path}: {what}"
+        if source:
+            message += f"; {source}"
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def require_file(path: str, what: str, source: str = "") -> str:
+    """`path` if it exists, else `MissingDataError` naming it, what it is and where to get it."""
+    if not os.path.exists(path):
+        raise MissingDataError(path, what, source)
+    return path
+
+
+def read_json(path: str) -> Any:
+    """The JSON document at `path`; malformed JSON is a ValueError naming the file and the place."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None

@@ -26,93 +26,91 @@ import os
 import sys
 from typing import Any, Sequence
 
-from tqdm import tqdm
-
-from bunny.eval.common import add_common_arguments, answer_record, get_chunk, read_question_file
-from bunny.inference.generate import answer_batch
-from bunny.inference.options import check_model_arguments, load_model
-from bunny.inference.prompts import resolve_conv_mode
+from bunny.eval.answering import (
+    LoadedModel,
+    Prompt,
+    Settings,
+    add_model_flags,
+    add_question_flags,
+    add_sampling_flags,
+    answer_prompts,
+    check_flags,
+    load,
+    settings_from_flags,
+)
+from bunny.eval.common import answer_record, chunk_range, read_question_file
 from bunny.util.images import ImageLoadError, load_image
-from bunny.util.tokens import get_model_name_from_path
 from bunny.util.utils import write_jsonl
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bunny.eval.model_vqa_loader", description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--top_p", type=float, default=None, help="nucleus sampling mass (with --temperature > 0)")
-    parser.add_argument("--num_beams", type=int, default=1, help="beam search width")
-    parser.add_argument("--max_new_tokens", type=int, default=128, help="most tokens per answer")
-    parser.add_argument("--batch-size", type=int, default=1, help="questions answered together")
+def build_parser(
+    prog: str = "python -m bunny.eval.model_vqa_loader", description: str = __doc__.split("\n\n")[0], max_new_tokens: int = 128
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_model_flags(parser)
+    add_question_flags(parser)
+    add_sampling_flags(parser, max_new_tokens)
     return parser
 
 
-def load_question_image(question: dict[str, Any], image_folder: str) -> Any:
+def image_loader(question: dict[str, Any], image_folder: str) -> Any:
+    """Loads the question's picture (as RGB) when called; a missing or unreadable one is an error
+    naming the question and the file."""
     if "image" not in question:
         raise ValueError(f"question {question['question_id']!r} has no image")
     path = os.path.join(image_folder, question["image"])
-    try:
-        return load_image(path)
-    except ImageLoadError as err:
-        raise ValueError(f"question {question['question_id']!r}: {err}") from None
+
+    def load_question_image() -> Any:
+        try:
+            return load_image(path)
+        except ImageLoadError as err:
+            raise ValueError(f"question {question['question_id']!r}: {err}") from None
+
+    return load_question_image
 
 
 def generate_answers(
     questions: Sequence[dict[str, Any]],
     image_folder: str,
-    tokenizer: Any,
-    model: Any,
-    image_processor: Any,
-    conv_mode: str,
+    loaded: LoadedModel,
+    settings: Settings,
     model_id: str,
     batch_size: int = 1,
-    **generate_kwargs: Any,
+    first_row: int = 0,
 ) -> list[dict[str, Any]]:
-    """One answer record per question, in question order."""
-    records = []
-    batches = [questions[i : i + batch_size] for i in range(0, len(questions), batch_size)]
-    for batch in tqdm(batches, desc="answering", unit="batch"):
-        images = [load_question_image(q, image_folder) for q in batch]
-        replies = answer_batch(
-            [q["text"] for q in batch], images, tokenizer, model, image_processor, conv_mode, **generate_kwargs
+    """One answer record per question of a standard question file, in question order
+    (`first_row`: the row of the first question in the whole file, for the answer ids)."""
+    prompts = [Prompt(q["text"], image_loader(q, image_folder)) for q in questions]
+    answers = answer_prompts(prompts, loaded, settings, batch_size)
+    return [
+        answer_record(q["question_id"], q["text"], text, model_id, row=first_row + i)
+        for i, (q, text) in enumerate(zip(questions, answers))
+    ]
+
+
+def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser, trim_stop: bool) -> list[dict[str, Any]]:
+    """A standard-question-file generator: parse the flags, answer the chunk, write the answer file."""
+    args = parser.parse_args(argv)
+    check_flags(parser, args)
+    try:
+        questions = read_question_file(args.question_file)
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    rows = chunk_range(len(questions), args.num_chunks, args.chunk_idx)
+    loaded, model_id = load(args)
+    try:
+        records = generate_answers(
+            questions[rows.start : rows.stop], args.image_folder, loaded,
+            settings_from_flags(args, args.max_new_tokens, trim_stop), model_id, args.batch_size, rows.start,
         )
-        records += [answer_record(q["question_id"], q["text"], r.text, model_id) for q, r in zip(batch, replies)]
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    write_jsonl(args.answers_file, records)
     return records
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    check_model_arguments(parser, args)
-    try:
-        questions = get_chunk(read_question_file(args.question_file), args.num_chunks, args.chunk_idx)
-    except (OSError, ValueError) as err:
-        sys.exit(f"error: {err}")
-
-    model_name = get_model_name_from_path(args.model_path)
-    tokenizer, model, image_processor, _ = load_model(args, "the images")
-    try:
-        records = generate_answers(
-            questions,
-            args.image_folder,
-            tokenizer,
-            model,
-            image_processor,
-            resolve_conv_mode(args.model_type, args.conv_mode),
-            model_name,
-            args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            num_beams=args.num_beams,
-        )
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
-    write_jsonl(args.answers_file, records)
-    return records
+    return run(argv, build_parser(), trim_stop=False)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ from bunny.util.images import process_images
 from bunny.util.tokens import pad_token_ids, tokenizer_image_token
 
 
-def to_model_inputs(images: torch.Tensor | list[torch.Tensor], model: Any) -> torch.Tensor | list[torch.Tensor]:
+def to_model_inputs(images: torch.Tensor | list[torch.Tensor] | None, model: Any) -> torch.Tensor | list[torch.Tensor] | None:
     """Processed images on the model's device and in its dtype (a list when the shapes differ)."""
+    if images is None:
+        return None
     if isinstance(images, list):
         return [image.to(model.device, dtype=model.dtype) for image in images]
     return images.to(model.device, dtype=model.dtype)
@@ -54,7 +56,7 @@ def generation_kwargs(temperature: float, top_p: float | None = None, num_beams:
 
 def generate_replies(
     prompts: Sequence[str],
-    pixel_values: torch.Tensor | list[torch.Tensor],
+    pixel_values: torch.Tensor | list[torch.Tensor] | None,
     tokenizer: Any,
     model: Any,
     stop_str: str | None,
@@ -67,7 +69,8 @@ def generate_replies(
 ) -> list[Reply]:
     """One reply per prompt (with `<image>` where its images go), generated as one batch.
 
-    `pixel_values` are the prompts' images in order, as `process_images` gives them; `streamer`
+    `pixel_values` are the prompts' images in order, as `process_images` gives them (None for
+    prompts without images); `streamer`
     (one prompt only) receives the new tokens as `generate` makes them.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -24,16 +24,22 @@ def resolve_conv_mode(model_type: str, conv_mode: str | None = None) -> str:
     return conv_mode
 
 
-def add_user_turn(conv: Conversation, text: str) -> None:
-    """Append a user turn and the empty reply slot; the first turn carries the image, on its own line first."""
-    if not conv.messages:
+def add_user_turn(conv: Conversation, text: str, image: bool = True) -> None:
+    """Append a user turn and the empty reply slot; the first turn carries the image (unless there is
+    none), on its own line first."""
+    if image and not conv.messages:
         text = DEFAULT_IMAGE_TOKEN + "\n" + text
     conv.append_message(conv.roles[0], text)
     conv.append_message(conv.roles[1], None)
 
 
+def chat_prompt(conv_mode: str, question: str, image: bool = True) -> str:
+    """The generation prompt for one question, about one image or none (a single-turn chat)."""
+    conv = get_conv_template(conv_mode)
+    add_user_turn(conv, question, image)
+    return conv.get_prompt()
+
+
 def image_prompt(conv_mode: str, question: str) -> str:
     """The generation prompt for one question about one image (a single-turn chat)."""
-    conv = get_conv_template(conv_mode)
-    add_user_turn(conv, question)
-    return conv.get_prompt()
+    return chat_prompt(conv_mode, question)

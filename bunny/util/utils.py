@@ -9,11 +9,11 @@ import tempfile
 from contextlib import contextmanager
 from typing import IO, Any, Iterable, Iterator
 
-import torch
-
 
 def disable_torch_init() -> None:
     """Skip the random initialisation of Linear and LayerNorm layers (weights are loaded right after)."""
+    import torch  # here, so that the tools that only read and write files start without torch
+
     setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
     setattr(torch.nn.LayerNorm, "reset_parameters", lambda self: None)
 

@@ -1,0 +1,1 @@
+"""GQA: convert answers into predictions and score them with the official metrics."""

@@ -1,0 +1,1 @@
+"""MM-Vet: convert answers into the input of the online GPT-4 evaluator."""

@@ -1,0 +1,1 @@
+"""MMBench: the xlsx upload file for the official evaluation server."""

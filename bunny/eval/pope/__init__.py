@@ -1,0 +1,1 @@
+"""POPE: object-hallucination accuracy, precision, recall, F1 and yes ratio per sampling strategy."""

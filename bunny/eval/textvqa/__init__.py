@@ -1,0 +1,1 @@
+"""TextVQA: score answers with the soft VQA accuracy."""

@@ -1,0 +1,1 @@
+"""VizWiz: convert answers into the EvalAI upload file."""

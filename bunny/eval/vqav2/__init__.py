@@ -1,0 +1,1 @@
+"""VQAv2: convert merged answers into the EvalAI upload file."""
