@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from bunny.model import MODEL_TYPES
 from bunny.model.kv_cache import BlockGrowingCache
-from bunny.inference.engine import BatchGenerator, Chunk, Done, GenerationRequest
+from bunny.inference.engine import BatchGenerator, Chunk, Done, GenerationRequest, _Row
 from bunny.util.mm_utils import process_images
 from tiny import FIXTURES, build_model, bunny_config, random_prompt
 
@@ -185,3 +185,18 @@ def test_regroup_right_aligns_the_rows_it_keeps():
     # the regrouped layer goes on growing in place
     layer.update(torch.ones(2, 1, 1, 1), torch.ones(2, 1, 1, 1))
     assert layer.keys.shape == (2, 1, 4, 1) and layer.keys[:, 0, -1, 0].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("tail", ["\u00c3", " <"])  # the byte-level token of 0xC3 alone; the start of "<|end|>"
+def test_a_reply_ended_by_the_end_of_sequence_keeps_the_end_streaming_held_back(tokenizer, tail):
+    """While a reply streams, an incomplete last character and an end that could still grow into a stop
+    string are held back; the reply that ends there has them, as `generate`'s has."""
+    tail_ids = [tokenizer.convert_tokens_to_ids(tail)] if len(tail) == 1 else tokenizer(tail).input_ids
+    ids = tokenizer("a red").input_ids + tail_ids + [tokenizer.eos_token_id]
+    events = []
+    req = GenerationRequest(torch.tensor([5]), [], max_new_tokens=32, stop=("<|end|>",), sink=events.append)
+    row = _Row(req, generation_config=None)
+    for token in ids:
+        row.advance(token, tokenizer, {tokenizer.eos_token_id})
+    expected = tokenizer.decode(ids, skip_special_tokens=True)
+    assert expected.endswith(("\ufffd", "<")) and events[-1] == Done(expected, "stop", len(ids))

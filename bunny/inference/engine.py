@@ -155,7 +155,10 @@ class _Row:
         self.tokens.append(token)
         self.history.append(token)
         if token in eos_ids:
-            self.finish(self.sent, "stop")
+            # The whole reply, as `generate` + `clean_reply` leave it: what was streamed so far holds
+            # back an incomplete character and an end that could still have grown into a stop string.
+            text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+            self.finish(visible_text(text, request.stop, final=True)[0], "stop")
             return
         text = tokenizer.decode(self.tokens, skip_special_tokens=True)
         shown, stopped = visible_text(text, request.stop)
