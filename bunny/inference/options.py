@@ -87,19 +87,19 @@ def load_model(
     program with a one-line error (the traceback with `--debug`)."""
     from bunny.model.builder import load_pretrained_model
     from bunny.util.tokens import get_model_name_from_path
-    from bunny.util.utils import disable_torch_init
+    from bunny.util.utils import torch_init_skipped
 
-    disable_torch_init()
     try:
-        loaded = load_pretrained_model(
-            args.model_path,
-            args.model_base,
-            getattr(args, "model_name", None) or get_model_name_from_path(args.model_path),
-            args.model_type,
-            getattr(args, "load_8bit", False),
-            getattr(args, "load_4bit", False),
-            device=args.device,
-        )
+        with torch_init_skipped():
+            loaded = load_pretrained_model(
+                args.model_path,
+                args.model_base,
+                getattr(args, "model_name", None) or get_model_name_from_path(args.model_path),
+                args.model_type,
+                getattr(args, "load_8bit", False),
+                getattr(args, "load_4bit", False),
+                device=args.device,
+            )
     except (OSError, ValueError) as err:
         if getattr(args, "debug", False):
             raise

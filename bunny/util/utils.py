@@ -11,11 +11,27 @@ from typing import IO, Any, Iterable, Iterator
 
 
 def disable_torch_init() -> None:
-    """Skip the random initialisation of Linear and LayerNorm layers (weights are loaded right after)."""
+    """Skip the random initialisation of Linear and LayerNorm layers (weights are loaded right after),
+    for the rest of the process (the original's helper; `torch_init_skipped` undoes it afterwards)."""
     import torch  # here, so that the tools that only read and write files start without torch
 
     setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
     setattr(torch.nn.LayerNorm, "reset_parameters", lambda self: None)
+
+
+@contextmanager
+def torch_init_skipped() -> Iterator[None]:
+    """`disable_torch_init` for the time of a block: loading a checkpoint in a process that goes on
+    building models (a test run, lmms-eval, a notebook) must not leave later models uninitialised."""
+    import torch
+
+    saved = {cls: cls.__dict__.get("reset_parameters") for cls in (torch.nn.Linear, torch.nn.LayerNorm)}
+    disable_torch_init()
+    try:
+        yield
+    finally:
+        for cls, method in saved.items():
+            setattr(cls, "reset_parameters", method)
 
 
 def _current_umask() -> int:
