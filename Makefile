@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/inference.py --dtype bfloat16
 	$(PY) bench/train.py
 	$(PY) bench/train.py --dtype bfloat16
+	$(PY) bench/eval.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

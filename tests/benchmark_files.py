@@ -214,3 +214,25 @@ def quick_checkpoint(directory: Path) -> Path:
     weights["lm_head.weight"] = head
     save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
     return directory
+
+
+def varied_checkpoint(directory: Path) -> Path:
+    """The reference phi-2 checkpoint changed so that its greedy answers end after different numbers of
+    tokens depending on the question (a few to a few dozen; now and then one runs to the limit),
+    for tests of batching.
+
+    The reference model says nearly the same thing whatever it is asked: its layer norms scale by
+    about 0.08. With unit layer norms and the layers' weights doubled its answers follow the
+    question; the end-of-text row of the head is then the row of " now" (id 730) scaled by 1.1, so an
+    answer ends where " now" would come, or nearly would.
+    """
+    source = FIXTURES / "checkpoints" / "bunny-phi-2-siglip-full"
+    shutil.copytree(source, directory)
+    weights = load_file(source / "model.safetensors")
+    for name, tensor in weights.items():
+        if name.startswith(("model.layers.", "model.final_layernorm.")) and name.endswith(".weight"):
+            weights[name] = tensor + 1.0 if "layernorm" in name else tensor * 2.0
+    eos = json.loads((source / "config.json").read_text())["eos_token_id"]
+    weights["lm_head.weight"][eos] = 1.1 * weights["lm_head.weight"][730]
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory

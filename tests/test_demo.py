@@ -67,8 +67,10 @@ def test_artifacts_are_in_the_original_layout(demo):
         assert (output / "base" / name).is_file(), name
     with Image.open(output / "losses.png") as plot:
         assert plot.format == "PNG" and plot.width > 400
-    for name in ("answers_seen.jsonl", "answers_blind.jsonl"):
+    for name in ("answers.jsonl", "answers_blind.jsonl"):
         assert len((output / "eval" / name).read_text().splitlines()) == metrics["num_questions"]
+    report = json.loads((output / "eval" / "report.json").read_text())  # evaluated through `python -m bunny.eval run`
+    assert report["benchmark"] == "shapes" and report["score"] == pytest.approx(100 * metrics["accuracy"])
 
 
 def test_merged_checkpoint_loads_the_way_users_load_it(demo):
@@ -77,7 +79,7 @@ def test_merged_checkpoint_loads_the_way_users_load_it(demo):
         str(REPO / metrics["checkpoint"]), None, "bunny-phi-2", "phi-2", device="cpu"
     )
     assert model.dtype == torch.float32 and processor is not None
-    answers = json.loads((output / "eval" / "answers_seen.jsonl").read_text().splitlines()[0])
+    answers = json.loads((output / "eval" / "answers.jsonl").read_text().splitlines()[0])
     question = json.loads((output / "data" / "eval" / "questions.jsonl").read_text().splitlines()[0])
     image = Image.open(output / "data" / "images" / question["image"])
     reply = answer_batch([question["text"]], [image], tokenizer, model, processor, "bunny", max_new_tokens=8)[0]

@@ -109,7 +109,8 @@ def test_command_line_writes_the_answer_file_and_chunks(question_file, tmp_path)
     rows = read_jsonl(str(answers))
     assert [r["question_id"] for r in rows] == ["q3", "q4", "q5"]
     assert all(r["model_id"] == "bunny-phi-2-siglip-full" and r["metadata"] == {} for r in rows)
-    assert not [p for p in answers.parent.iterdir() if p.name != "answers.jsonl"]  # no temporary left
+    # no temporary file left; the kept answers (for a rerun) are in .progress-answers.jsonl
+    assert sorted(p.name for p in answers.parent.iterdir()) == [".progress-answers.jsonl", "answers.jsonl"]
 
 
 def test_missing_image_is_an_error_naming_it_and_writes_nothing(question_file, tmp_path):

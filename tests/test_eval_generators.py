@@ -37,15 +37,17 @@ def asked(monkeypatch, in_fixture_root):
 
 @pytest.fixture()
 def pixels(monkeypatch):
-    """The pixel tensors passed to the model, one entry per batch (None for a batch without pictures)."""
+    """The pixel tensors made for the model, one entry per call of `answering.pixel_values` (a static
+    batch's pictures, or one picture the continuous-batching engine prefills)."""
     seen: list = []
-    real = answering.generate_replies
+    real = answering.pixel_values
 
-    def spy(texts, images, *args, **kwargs):
-        seen.append(None if images is None else images.clone())
-        return real(texts, images, *args, **kwargs)
+    def spy(images, loaded, pad):
+        values = real(images, loaded, pad)
+        seen.append(values.clone())
+        return values
 
-    monkeypatch.setattr(answering, "generate_replies", spy)
+    monkeypatch.setattr(answering, "pixel_values", spy)
     return seen
 
 
@@ -164,8 +166,8 @@ def test_science_pictures_are_not_padded_and_text_questions_have_none(tmp_path, 
         "<image>\nContext: A blue bar.\nWhat colour is it?\nA. red\nB. blue" + suffix, "Which is a mammal?\nA. cat\nB. trout" + suffix]
     assert [user_turn(p) for p in asked] == [r["prompt"] for r in records]
     assert [r["question_id"] for r in records] == ["4", "5"]
-    # one batch per kind; the picture went through the processor alone: a stretched blue bar, no grey border
-    assert len(pixels) == 2 and pixels[1] is None
+    # the one picture went through the processor alone: a stretched blue bar, no grey border
+    assert len(pixels) == 1
     from bunny.model.builder import load_pretrained_model
 
     processor = load_pretrained_model(CHECKPOINT, None, "bunny-phi-2", "phi-2", device="cpu")[2]

@@ -402,7 +402,7 @@ def test_all_prepares_what_is_there_and_reports_the_rest(tmp_path, monkeypatch, 
     write_json(tmp_path / "viswiz" / "test.json", [{"image": "a.jpg", "question": "q"}])
     result = prep.main(["all", "--data-dir", str(tmp_path)])
     assert result["files"] == {"pope": [str(tmp_path / "pope/bunny_pope_test.jsonl")], "vizwiz": [str(tmp_path / "viswiz/bunny_test.jsonl")]}
-    assert set(result["missing"]) == set(prep.PREPARERS) - {"pope", "vizwiz"}
+    assert set(result["missing"]) == set(prep.PREPARERS) - {"pope", "vizwiz", "shapes"}  # shapes: ours, not in `all`
     assert str(tmp_path / "mm-vet" / "mm-vet.json") in result["missing"]["mmvet"]
     assert f"gqa: skipped, missing {tmp_path / 'gqa' / 'testdev_balanced_questions.json'}" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:

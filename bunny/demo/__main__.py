@@ -10,8 +10,8 @@ Stages, each through the entry point a user would run:
   3. pretrain    `bunny/train/train.py --tune_mm_mlp_adapter True` (template `plain`)
   4. finetune    `bunny/train/train.py --lora_enable True` (template `bunny`)
   5. merge       `script/merge_lora_weights.py`
-  6. evaluate    `python -m bunny.eval.model_vqa_loader` on the held-out questions, once with their
-                 pictures and once with a blank picture, scored by `bunny.eval.eval_shapes`
+  6. evaluate    `python -m bunny.eval run shapes` on the held-out questions, once with their
+                 pictures and once with a blank picture (report: eval/report.json)
   7. chat        `python -m bunny.serve.cli` about images/shapes.png
 
 Writes `<output-dir>/metrics.json` (accuracy, accuracy_by_type, blind_accuracy, chance_accuracy,
@@ -170,30 +170,27 @@ def merge(base: dict[str, Any], lora_dir: str, merged_dir: str) -> None:
 
 
 def evaluate(checkpoint: str, data: dict[str, str], directory: str, settings: Settings) -> dict[str, Any]:
+    """`python -m bunny.eval run shapes` on the held-out questions (and, as its control, the same questions
+    about a blank picture); its report is `<directory>/report.json`."""
     from bunny.demo.synthetic import chance_accuracy
     from bunny.eval.common import read_jsonl
-    from bunny.eval.eval_shapes import score
 
-    key = read_jsonl(data["answer_key"])
-    results = {}
-    for name, questions in (("seen", data["questions"]), ("blind", data["questions_blind"])):
-        answers = os.path.join(directory, f"answers_{name}.jsonl")
-        command([
-            "-m", "bunny.eval.model_vqa_loader", "--model-path", checkpoint, "--model-type", MODEL_TYPE,
-            "--question-file", questions, "--image-folder", data["image_folder"], "--answers-file", answers,
-            "--temperature", "0", "--max_new_tokens", "8", "--batch-size", str(settings.eval_batch_size),
-            "--device", "cpu",
-        ])
-        results[name] = score(key, read_jsonl(answers))
-    chance = chance_accuracy([entry["category"] for entry in key])
+    command([
+        "-m", "bunny.eval", "run", "shapes", "--model-path", checkpoint, "--model-type", MODEL_TYPE,
+        "--data-dir", os.path.dirname(os.path.dirname(data["questions"])), "--run-dir", directory,
+        "--max-new-tokens", "8", "--batch-size", str(settings.eval_batch_size), "--device", "cpu",
+    ])
+    with open(os.path.join(directory, "report.json"), encoding="utf-8") as f:
+        metrics = json.load(f)["metrics"]
+    chance = chance_accuracy([entry["category"] for entry in read_jsonl(data["answer_key"])])
     return {
-        "accuracy": results["seen"]["accuracy"],
-        "accuracy_by_type": results["seen"]["accuracy_by_type"],
-        "blind_accuracy": results["blind"]["accuracy"],
-        "blind_accuracy_by_type": results["blind"]["accuracy_by_type"],
+        "accuracy": metrics["accuracy"],
+        "accuracy_by_type": metrics["accuracy_by_type"],
+        "blind_accuracy": metrics["blind_accuracy"],
+        "blind_accuracy_by_type": metrics["blind_accuracy_by_type"],
         "chance_accuracy": chance["overall"],
         "chance_accuracy_by_type": chance["by_type"],
-        "num_questions": results["seen"]["num_questions"],
+        "num_questions": metrics["num_questions"],
     }
 
 

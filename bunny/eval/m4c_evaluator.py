@@ -84,14 +84,14 @@ def _tokenize(answer: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
-def _strip_punctuation(text: str) -> str:
+def _strip_punctuation(text: str, period_cap: bool = True) -> str:
     # Never true after `_tokenize` (it drops every comma), kept as the original has it.
     number_with_commas = _COMMA_IN_NUMBER.search(text) is not None
     out = text
     for mark in PUNCTUATIONS:
         touches_space = f"{mark} " in text or f" {mark}" in text
         out = out.replace(mark, "" if touches_space or number_with_commas else " ")
-    return _PERIOD.sub("", out, count=_MAX_PERIODS_REMOVED)
+    return _PERIOD.sub("", out, count=_MAX_PERIODS_REMOVED if period_cap else 0)
 
 
 def _canonical_words(text: str) -> str:
@@ -100,9 +100,10 @@ def _canonical_words(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words)
 
 
-def normalize_answer(answer: str) -> str:
-    """The EvalAI-normalised form of `answer` (see the module docstring)."""
-    return _canonical_words(_strip_punctuation(_tokenize(answer)))
+def normalize_answer(answer: str, period_cap: bool = True) -> str:
+    """The EvalAI-normalised form of `answer` (see the module docstring). `period_cap=False` removes
+    every period, not only the first 32 (the corrected score of `bunny.eval.corrections`)."""
+    return _canonical_words(_strip_punctuation(_tokenize(answer), period_cap))
 
 
 class EvalAIAnswerProcessor:
@@ -112,13 +113,14 @@ class EvalAIAnswerProcessor:
         return normalize_answer(answer)
 
 
-def soft_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
-    """The VQA accuracy of one prediction against its 10 human answers, all EvalAI-normalised:
-    the mean over the 10 leave-one-out subsets of min(1, matches / 3)."""
+def soft_accuracy(prediction: str, gt_answers: Sequence[str], period_cap: bool = True) -> float:
+    """The VQA accuracy of one prediction against its 10 human answers, all EvalAI-normalised
+    (`period_cap` as in `normalize_answer`): the mean over the 10 leave-one-out subsets of
+    min(1, matches / 3)."""
     if len(gt_answers) != 10:
         raise ValueError(f"{len(gt_answers)} ground-truth answers; the VQA accuracy needs exactly 10")
-    answers = [normalize_answer(answer) for answer in gt_answers]
-    predicted = normalize_answer(prediction)
+    answers = [normalize_answer(answer, period_cap) for answer in gt_answers]
+    predicted = normalize_answer(prediction, period_cap)
     matches = answers.count(predicted)
     if matches == 0:
         return 0.0

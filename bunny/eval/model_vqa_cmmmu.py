@@ -12,33 +12,37 @@ one). Answers are greedy, at most 128 tokens, and kept as generated (the scorer 
 A question with a second picture is not asked: it gets a random letter (choice questions) or
 `INVALID GENERATION FOR MULTIPLE IMAGE INPUTS`, drawn from Python's `random` seeded with `--seed`, in
 question order. A question with no picture is asked as text (the original failed on it). Output: one
-`{"id", "type", "response"}` per line.
+`{"id", "type", "response"}` per line, and beside it `<output>.responses.jsonl`, the same lines with
+`generated` (false for the random answers). Answers are kept as they are made: an interrupted run
+resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 from typing import Any, Sequence
 
-from bunny.eval.answering import add_model_flags, check_flags, load
-from bunny.eval.model_vqa_mmmu import MULTIPLE_IMAGES, add_dataset_flags, generated_answers, set_seed
+from bunny.eval.answering import add_model_flags
+from bunny.eval.model_vqa_mmmu import MULTIPLE_IMAGES, add_dataset_flags, answer_dataset
 from bunny.util.utils import write_jsonl
 
 
-def responses(queries: Sequence[Any], answers: dict[str, str]) -> list[dict[str, Any]]:
-    """The answer file's lines, random draws made in question order."""
-    rows = []
+def responses(queries: Sequence[Any], answers: dict[Any, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The answer file's lines, random draws made in question order, and the same lines marked with
+    whether the model answered (`generated`) or the answer was drawn at random."""
+    rows, raw = [], []
     for query in queries:
-        if query.sample_id in answers:
+        generated = query.sample_id in answers
+        if generated:
             response = answers[query.sample_id]
         elif query.question_type == "选择":
             response = random.choice(query.all_choices)
         else:
             response = MULTIPLE_IMAGES
         rows.append({"id": query.sample_id, "type": query.question_type, "response": response})
-    return rows
+        raw.append(dict(rows[-1], generated=generated))
+    return rows, raw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,17 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from bunny.eval.cmmmu import data
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    check_flags(parser, args)
-    set_seed(args.seed)
-    try:
-        config = data.load_config(args.config_path)
-        queries = [data.build_query(sample, config) for sample in data.load_split(args.data_path, args.split)]
-    except (OSError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    loaded, _ = load(args)
-    rows = responses(queries, generated_answers(queries, loaded, args))
+    args, rows = answer_dataset(build_parser(), argv, data, responses)
     write_jsonl(args.output_path, rows)
     return rows
 

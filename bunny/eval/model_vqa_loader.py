@@ -35,11 +35,12 @@ from bunny.eval.answering import (
     add_sampling_flags,
     answer_prompts,
     check_flags,
-    load,
     settings_from_flags,
 )
 from bunny.eval.common import answer_record, chunk_range, read_question_file
+from bunny.eval.store import answer_rows
 from bunny.util.images import ImageLoadError, load_image
+from bunny.util.tokens import get_model_name_from_path
 from bunny.util.utils import write_jsonl
 
 
@@ -69,6 +70,15 @@ def image_loader(question: dict[str, Any], image_folder: str) -> Any:
     return load_question_image
 
 
+def standard_records(
+    questions: Sequence[dict[str, Any]], texts: Sequence[str], model_id: str, first_row: int = 0
+) -> list[dict[str, Any]]:
+    return [
+        answer_record(q["question_id"], q["text"], text, model_id, row=first_row + i)
+        for i, (q, text) in enumerate(zip(questions, texts))
+    ]
+
+
 def generate_answers(
     questions: Sequence[dict[str, Any]],
     image_folder: str,
@@ -78,18 +88,15 @@ def generate_answers(
     batch_size: int = 1,
     first_row: int = 0,
 ) -> list[dict[str, Any]]:
-    """One answer record per question of a standard question file, in question order
+    """One answer record per question of a standard question file, in question order, from a loaded model
     (`first_row`: the row of the first question in the whole file, for the answer ids)."""
     prompts = [Prompt(q["text"], image_loader(q, image_folder)) for q in questions]
-    answers = answer_prompts(prompts, loaded, settings, batch_size)
-    return [
-        answer_record(q["question_id"], q["text"], text, model_id, row=first_row + i)
-        for i, (q, text) in enumerate(zip(questions, answers))
-    ]
+    return standard_records(questions, list(answer_prompts(prompts, loaded, settings, batch_size)), model_id, first_row)
 
 
 def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser, trim_stop: bool) -> list[dict[str, Any]]:
-    """A standard-question-file generator: parse the flags, answer the chunk, write the answer file."""
+    """A standard-question-file generator: parse the flags, answer the chunk (resuming from the answers
+    kept by an interrupted run), write the answer file."""
     args = parser.parse_args(argv)
     check_flags(parser, args)
     try:
@@ -97,14 +104,14 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser, trim_stop: 
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     rows = chunk_range(len(questions), args.num_chunks, args.chunk_idx)
-    loaded, model_id = load(args)
+    chunk = questions[rows.start : rows.stop]
+    settings = settings_from_flags(args, args.max_new_tokens, trim_stop)
+    prompts = [Prompt(q["text"], image_loader(q, args.image_folder)) for q in chunk]
     try:
-        records = generate_answers(
-            questions[rows.start : rows.stop], args.image_folder, loaded,
-            settings_from_flags(args, args.max_new_tokens, trim_stop), model_id, args.batch_size, rows.start,
-        )
+        texts = answer_rows(args, parser.prog, args.question_file, settings, chunk, prompts, rows.start)
     except ValueError as err:
         sys.exit(f"error: {err}")
+    records = standard_records(chunk, texts, get_model_name_from_path(args.model_path), rows.start)
     write_jsonl(args.answers_file, records)
     return records
 

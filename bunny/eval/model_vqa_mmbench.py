@@ -33,12 +33,12 @@ from bunny.eval.answering import (
     add_model_flags,
     add_question_flags,
     add_sampling_flags,
-    answer_prompts,
     check_flags,
-    load,
     settings_from_flags,
 )
 from bunny.eval.common import answer_record, chunk_range
+from bunny.eval.store import answer_rows
+from bunny.util.tokens import get_model_name_from_path
 from bunny.util.images import ImageLoadError, load_image_from_base64
 from bunny.util.utils import write_jsonl
 
@@ -143,20 +143,25 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     chunk = chunk_range(len(rows), args.num_chunks, args.chunk_idx)
-    rounds = [r for row in rows[chunk.start : chunk.stop] for r in question_rounds(row, args.all_rounds)]
+    rounds, row_ids = [], []  # row ids: "<TSV row>/<round>"
+    for number in chunk:
+        for r in question_rounds(rows[number], args.all_rounds):
+            rounds.append(r)
+            row_ids.append(f"{number}/{r.round_id}")
     suffix = "\n" + INSTRUCTIONS[args.lang] if args.single_pred_prompt else ""
-    loaded, model_id = load(args)
     settings = settings_from_flags(args, 128, trim_stop=True)
+    prompts = [Prompt(r.prompt + suffix, image_of(r.row)) for r in rounds]
     try:
-        answers = list(answer_prompts([Prompt(r.prompt + suffix, image_of(r.row)) for r in rounds], loaded, settings, args.batch_size))
+        answers = answer_rows(args, parser.prog, args.question_file, settings, [r.row["index"] for r in rounds], prompts, row_ids)
     except ValueError as err:
         sys.exit(f"error: {err}")
+    model_id = get_model_name_from_path(args.model_path)
     records = [
         answer_record(
-            r.row["index"], r.prompt, text, model_id, row=f"{r.row['index']}/{r.round_id}",
+            r.row["index"], r.prompt, text, model_id, row=row_id,
             round_id=r.round_id, options=r.options, option_char=r.option_char,
         )
-        for r, text in zip(rounds, answers)
+        for r, row_id, text in zip(rounds, row_ids, answers)
     ]
     write_jsonl(args.answers_file, records)
     return records

@@ -13,26 +13,33 @@ Answers are greedy, at most 128 tokens. A multiple-choice answer is parsed into 
 as it is. A question whose options show more than one picture is not asked: it gets a random letter,
 or `INVALID GENERATION FOR MULTIPLE IMAGE INPUTS`. Random draws come from Python's `random`, seeded
 with `--seed` and drawn in question order, as in the original. Output: a JSON object
-`{"validation_Art_1": "B", ...}`.
+`{"validation_Art_1": "B", ...}`, and beside it the raw answers, `<output>.responses.jsonl`
+(`{"id", "question_type", "response", "generated", "all_choices", "index2ans"}` per question), from
+which the scorer can parse again. Answers are kept as they are made: an interrupted run resumes.
 
 `--small-gpu-usage` is accepted for the original's command lines; pictures are always decoded one
-batch at a time, so it changes nothing.
+batch at a time, so it changes nothing. Added: `--batch-size`, `--device`, `--num-chunks/--chunk-idx`
+(a chunk's output holds its questions only; `python -m bunny.eval run` under torchrun uses them) and
+`--progress-dir`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from bunny.eval.answering import LoadedModel, Prompt, add_model_flags, answer_prompts, check_flags, load, settings_from_flags
+from bunny.eval.answering import Prompt, add_chunk_flags, add_model_flags, check_flags, settings_from_flags
+from bunny.eval.common import chunk_range
 from bunny.eval.mmmu.eval_mmmu import parse_multi_choice_response
-from bunny.util.utils import atomic_write
+from bunny.eval.store import answer_rows
+from bunny.util.utils import atomic_write, write_jsonl
 
 MULTIPLE_IMAGES = "INVALID GENERATION FOR MULTIPLE IMAGE INPUTS"
 
@@ -45,6 +52,7 @@ def add_dataset_flags(parser: argparse.ArgumentParser, split: str) -> None:
     parser.add_argument("--split", type=str, default=split, help="dataset split")
     parser.add_argument("--seed", type=int, default=42, help="seed of the random answers and of torch")
     parser.add_argument("--small-gpu-usage", action="store_true", help="accepted for compatibility; changes nothing")
+    add_chunk_flags(parser)
 
 
 def set_seed(seed: int) -> None:
@@ -53,28 +61,41 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def generated_answers(queries: Sequence[Any], loaded: LoadedModel, args: argparse.Namespace) -> dict[str, str]:
-    """{sample_id: raw answer} for the queries that are asked (the others have `image` None and are
-    answered at random by the caller). A query with no picture at all is asked as text."""
-    asked = [q for q in queries if not getattr(q, "multiple_images", q.image is None)]
+def generated_answers(queries: Sequence[Any], args: argparse.Namespace, generator: str) -> dict[Any, str]:
+    """{sample_id: raw answer} for the queries of the chunk that are asked (the others, with several
+    pictures, are answered at random by the caller); kept as they come, so an interrupted run resumes.
+    A query with no picture at all is asked as text."""
+    rows = chunk_range(len(queries), args.num_chunks, args.chunk_idx)
+    asked = [(row, queries[row]) for row in rows if not getattr(queries[row], "multiple_images", queries[row].image is None)]
     settings = settings_from_flags(args, 128, trim_stop=False)
-    prompts = [Prompt(q.prompt, q.image) for q in asked]
-    return dict(zip([q.sample_id for q in asked], answer_prompts(prompts, loaded, settings, args.batch_size)))
+    texts = answer_rows(
+        args, generator, args.data_path, settings, [q.sample_id for _, q in asked],
+        [Prompt(q.prompt, q.image) for _, q in asked], [row for row, _ in asked], answers_file=args.output_path,
+    )
+    return {q.sample_id: text for (_, q), text in zip(asked, texts)}
 
 
-def predictions(queries: Sequence[Any], answers: dict[str, str]) -> dict[str, str]:
-    """The prediction file's content, random draws made in question order."""
-    out = {}
+def responses_path(output_path: str) -> str:
+    """The raw answers beside the output file: `x.json` -> `x.responses.jsonl`."""
+    return os.path.splitext(output_path)[0] + ".responses.jsonl"
+
+
+def predictions(queries: Sequence[Any], answers: dict[Any, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The prediction file's content, random draws made in question order, and the raw responses."""
+    out, raw = {}, []
     for query in queries:
         multiple_choice = query.question_type == "multiple-choice"
-        if query.sample_id in answers:
+        generated = query.sample_id in answers
+        if generated:
             response = answers[query.sample_id]
         else:
             response = random.choice(query.all_choices) if multiple_choice else MULTIPLE_IMAGES
         out[query.sample_id] = (
             parse_multi_choice_response(response, query.all_choices, query.index2ans) if multiple_choice else response
         )
-    return out
+        raw.append({"id": query.sample_id, "question_type": query.question_type, "response": response,
+                    "generated": generated, "all_choices": query.all_choices, "index2ans": query.index2ans})
+    return out, raw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,20 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, str]:
-    from bunny.eval.mmmu import data
-
-    parser = build_parser()
+def answer_dataset(parser: argparse.ArgumentParser, argv: Sequence[str] | None, data: Any, finish: Callable) -> tuple[Any, Any]:
+    """The MMMU and CMMMU generators' run: read the flags, the prompt config and the split (`data`: the
+    benchmark's data module), answer the chunk's questions, `finish` them into the output (random draws
+    in question order) and write the raw responses; (the flags, the output)."""
     args = parser.parse_args(argv)
     check_flags(parser, args)
     set_seed(args.seed)
     try:
         config = data.load_config(args.config_path)
         queries = [data.build_query(sample, config) for sample in data.load_split(args.data_path, args.split)]
+        answers = generated_answers(queries, args, parser.prog)
+        chunk = chunk_range(len(queries), args.num_chunks, args.chunk_idx)
+        output, raw = finish(queries[chunk.start : chunk.stop], answers)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
-    loaded, _ = load(args)
-    result = predictions(queries, generated_answers(queries, loaded, args))
+    write_jsonl(responses_path(args.output_path), raw)
+    return args, output
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, str]:
+    from bunny.eval.mmmu import data
+
+    args, result = answer_dataset(build_parser(), argv, data, predictions)
     with atomic_write(args.output_path) as f:
         json.dump(result, f, indent=4, ensure_ascii=False)
     return result

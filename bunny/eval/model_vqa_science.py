@@ -26,13 +26,13 @@ from bunny.eval.answering import (
     Prompt,
     add_model_flags,
     add_question_flags,
-    answer_prompts,
     check_flags,
-    load,
     settings_from_flags,
 )
 from bunny.eval.common import answer_record, chunk_range, read_json
 from bunny.eval.model_vqa_loader import image_loader
+from bunny.eval.store import answer_rows
+from bunny.util.tokens import get_model_name_from_path
 from bunny.util.utils import write_jsonl
 
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -88,13 +88,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         sys.exit(f"error: {err}")
     chunk = chunk_range(len(entries), args.num_chunks, args.chunk_idx)
     entries = entries[chunk.start : chunk.stop]
-    loaded, model_id = load(args)
     settings = settings_from_flags(args, 1024, trim_stop=True)
     prompts = [to_prompt(entry, args.single_pred_prompt, args.image_folder) for entry in entries]
     try:
-        answers = list(answer_prompts(prompts, loaded, settings, args.batch_size))
+        answers = answer_rows(args, parser.prog, args.question_file, settings, entries, prompts, chunk.start)
     except ValueError as err:
         sys.exit(f"error: {err}")
+    model_id = get_model_name_from_path(args.model_path)
     records = [
         answer_record(entry["id"], question_prompt(entry, args.single_pred_prompt)[0], text, model_id, row=chunk.start + i)
         for i, (entry, text) in enumerate(zip(entries, answers))

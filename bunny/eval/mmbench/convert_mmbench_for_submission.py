@@ -74,10 +74,15 @@ def submission_table(table: Any, texts: dict[Any, str]) -> Any:
 
 
 def convert(annotation_file: str, result_dir: str, upload_dir: str, experiment: str) -> dict[str, Any]:
+    source = os.path.join(result_dir, f"{experiment}.jsonl")
+    return convert_files(annotation_file, source, os.path.join(upload_dir, f"{experiment}.xlsx"))
+
+
+def convert_files(annotation_file: str, source: str, target: str) -> dict[str, Any]:
+    """`convert` with the paths given: the question TSV, the answer file, the xlsx to write."""
     import pandas as pd
 
     table = pd.read_table(annotation_file)
-    source = os.path.join(result_dir, f"{experiment}.jsonl")
     texts = round_zero_answers(read_jsonl(source, ("question_id", "text")), source)
     upload = submission_table(table, texts)
     unanswered = int(upload["prediction"].isna().sum())
@@ -93,7 +98,6 @@ def convert(annotation_file: str, result_dir: str, upload_dir: str, experiment: 
             f"warning: {source}: {len(stray)} answer(s) whose question_id is no index of {annotation_file}, ignored",
             file=sys.stderr,
         )
-    target = os.path.join(upload_dir, f"{experiment}.xlsx")
     with atomic_write(target, "wb") as f:
         upload.to_excel(f, index=False, engine="openpyxl")
     return {"output": target, "rows": len(upload), "unanswered": unanswered}

@@ -67,6 +67,17 @@ def parse_multi_choice_response(response: str, all_choices: Sequence[str], index
     """The letter a multiple-choice response picks: letters written `(X)`, else ` X `, else (for responses
     of more than 5 words) options whose text occurs, case-insensitively; with several, the one occurring
     last; with none, `random.choice(all_choices)` from Python's global generator (as the original)."""
+    letter = parse_multi_choice_letter(response, all_choices, index2ans)
+    if letter is not None:
+        return letter
+    if not all_choices:
+        raise ValueError(f"no choices to pick from for the response {response!r:.80}")
+    return random.choice(list(all_choices))
+
+
+def parse_multi_choice_letter(response: str, all_choices: Sequence[str], index2ans: Mapping[str, str]) -> str | None:
+    """The letter `parse_multi_choice_response` reads in a response, or None where it would draw one
+    at random (the scorers count those draws)."""
     for mark in EDGE_PUNCTUATION:
         response = response.strip(mark)
     padded = f" {response} "
@@ -81,9 +92,7 @@ def parse_multi_choice_response(response: str, all_choices: Sequence[str], index
         named = [choice for choice, text in index2ans.items() if text.lower() in lowered]
         if named:
             return last_occurring(named, lambda choice: lowered.rfind(index2ans[choice].lower()))
-    if not all_choices:
-        raise ValueError(f"no choices to pick from for the response {response!r:.80}")
-    return random.choice(list(all_choices))
+    return None
 
 
 def last_occurring(candidates: list[str], position: Callable[[str], int]) -> str:

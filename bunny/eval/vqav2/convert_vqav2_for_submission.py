@@ -65,11 +65,15 @@ def convert(directory: str, ckpt: str, split: str) -> dict[str, Any]:
         "the merged answers",
         "script/eval/full/vqav2.sh writes them",
     )
+    return convert_files(test_list, src, os.path.join(directory, "answers_upload", split, f"{ckpt}.json"))
+
+
+def convert_files(test_list: str, src: str, dst: str) -> dict[str, Any]:
+    """`convert` with the three paths given: the test2015 list, the merged answers, the upload file."""
     texts, error_lines = read_answer_texts(src)
     questions = read_jsonl(test_list, ("question_id",))
     print(f"total results: {len(texts)}, total split: {len(questions)}, error_line: {error_lines}")
     answers = submission(questions, texts)
-    dst = os.path.join(directory, "answers_upload", split, f"{ckpt}.json")
     with atomic_write(dst) as f:
         json.dump(answers, f)
     return {
