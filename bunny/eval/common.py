@@ -89,3 +89,9 @@ def read_json(path: str) -> Any:
             return json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+
+
+def responses_path(output_path: str) -> str:
+    """Where the MMMU/CMMMU generators keep their raw responses, beside the output: `x.json` / `x.jsonl` ->
+    `x.responses.jsonl`."""
+    return os.path.splitext(output_path)[0] + ".responses.jsonl"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from typing import Any, Callable, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from bunny.eval.answering import Prompt, add_chunk_flags, add_model_flags, check_flags, settings_from_flags
-from bunny.eval.common import chunk_range
+from bunny.eval.common import chunk_range, responses_path
 from bunny.eval.mmmu.eval_mmmu import parse_multi_choice_response
 from bunny.eval.store import answer_rows
 from bunny.util.utils import atomic_write, write_jsonl
@@ -73,11 +72,6 @@ def generated_answers(queries: Sequence[Any], args: argparse.Namespace, generato
         [Prompt(q.prompt, q.image) for _, q in asked], [row for row, _ in asked], answers_file=args.output_path,
     )
     return {q.sample_id: text for (_, q), text in zip(asked, texts)}
-
-
-def responses_path(output_path: str) -> str:
-    """The raw answers beside the output file: `x.json` -> `x.responses.jsonl`."""
-    return os.path.splitext(output_path)[0] + ".responses.jsonl"
 
 
 def predictions(queries: Sequence[Any], answers: dict[Any, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
