@@ -23,13 +23,11 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from bunny.eval.common import MissingDataError, read_jsonl
 from bunny.util.utils import atomic_write
-
-SERVER_SCORED_SPLITS = {"mmbench": "TEST", "mmmu": "test"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,6 @@ class Benchmark:
     inputs: Callable[[str, str], list[str]]  # (data dir, split) -> the generator's input flags
     split: str | None = None  # the default split (MMBench TSV name, MMMU/CMMMU split)
     flags: tuple[str, ...] = ()  # the original script's extra generator flags
-    questions: Callable[[str, str], str] = field(default=lambda data_dir, split: data_dir)  # what the answers hash
 
 
 def standard(question_file: str, image_folder: str) -> Callable[[str, str], list[str]]:
