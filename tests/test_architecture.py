@@ -25,7 +25,7 @@ LAYERS = {
     "bunny.constants": 0, "bunny.util": 0,
     "bunny.conversation": 1, "bunny.model": 1,
     "bunny.data": 2, "bunny.inference": 2,
-    "bunny.train": 3, "bunny.eval": 3, "bunny.serve": 3,
+    "bunny.train": 3, "bunny.eval": 3, "bunny.serve": 3, "bunny.export": 3,
     "bunny.demo": 4, "script": 4, "bench": 4,
 }
 # The original's import path `bunny.util.mm_utils.KeywordsStoppingCriteria`, resolved on first use.
