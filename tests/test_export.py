@@ -273,3 +273,16 @@ def test_export_script_writes_both_formats(tmp_path):
     assert json.loads((llava / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
     assert json.loads((llama_cpp / "config.json").read_text())["architectures"] == ["PhiForCausalLM"]
     assert (llama_cpp / json.loads((llama_cpp / "export_info.json").read_text())["mmproj"]).is_file()
+
+
+def test_a_tokenizer_that_needs_remote_code_is_refused():
+    from transformers import PreTrainedTokenizerBase
+
+    from bunny.export.hf_llava import check_portable_tokenizer
+
+    class RemoteTokenizer(PreTrainedTokenizerBase):  # what trust_remote_code gives: a class from the repository
+        __module__ = "transformers_modules.stabilityai.tokenization_arcade100k"
+
+    with pytest.raises(NotExportable, match="remote code"):
+        check_portable_tokenizer(RemoteTokenizer.__new__(RemoteTokenizer))
+    check_portable_tokenizer(AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "tok-phi"))

@@ -109,6 +109,17 @@ def chat_template(template_name: str) -> str:
 # -- tokenizer and processor -----------------------------------------------------------------------
 
 
+def check_portable_tokenizer(tokenizer: Any) -> None:
+    """Engines load tokenizers without remote code: refuse one that needs it (a Python tokenizer
+    class from the checkpoint's repository) rather than write a directory they cannot read."""
+    module = type(tokenizer).__module__
+    if not module.startswith("transformers.") or not getattr(tokenizer, "is_fast", False):
+        raise NotExportable(
+            f"the tokenizer is {type(tokenizer).__name__} ({module}), not a `tokenizers` fast tokenizer: engines "
+            "load tokenizers without remote code; convert it to a tokenizer.json first (or pick a checkpoint that has one)"
+        )
+
+
 def add_image_token(tokenizer: Any) -> int:
     """Add `<image>` as a special token with a new id (the vocabulary's next); returns the id."""
     if DEFAULT_IMAGE_TOKEN in tokenizer.get_vocab():

@@ -9,7 +9,15 @@ from typing import Any
 
 import torch
 
-from bunny.export.hf_llava import add_image_token, build_processor, chat_template, check_exportable, llava_config, llava_weights
+from bunny.export.hf_llava import (
+    add_image_token,
+    build_processor,
+    chat_template,
+    check_exportable,
+    check_portable_tokenizer,
+    llava_config,
+    llava_weights,
+)
 from bunny.export.text import native_config, text_weights
 from bunny.model.backbones import get_backbone
 from bunny.util.utils import UMASK, atomic_directory
@@ -58,6 +66,7 @@ def export(request: ExportRequest, overwrite: bool = False) -> str:
             request.model_path, request.model_base, None, request.model_type,
             device=request.device, device_map={"": request.device}, dtype=dtype,
         )
+    check_portable_tokenizer(tokenizer)
     with atomic_directory(request.output_dir, MARKER, overwrite) as directory:
         os.chmod(directory, 0o777 & ~UMASK)  # a model directory others may read, as `mkdir` would make it
         write = write_hf_llava if request.format == "hf-llava" else write_gguf
