@@ -40,6 +40,8 @@ def test_metrics_show_a_model_that_sees(demo):
     assert metrics["blind_accuracy"] <= chance + 0.1, metrics
     assert metrics["blind_accuracy_by_type"]["count"] <= 0.45, metrics
     assert set(metrics["accuracy_by_type"]) == {"colour", "count", "presence", "position"}
+    assert set(metrics["foreign_accuracy_by_type"]) == set(metrics["accuracy_by_type"])
+    assert 0 <= metrics["foreign_accuracy"] <= 1
     assert metrics["model_type"] == "phi-2"
     assert set(metrics["timings_s"]) == {"data", "stand-ins", "pretrain", "finetune", "merge", "evaluate", "chat"}
 

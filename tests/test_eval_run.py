@@ -13,6 +13,7 @@ import pytest
 
 from benchmark_files import MAKERS, quick_checkpoint
 from bunny.eval import run
+from bunny.eval.common import read_jsonl
 from tiny import FIXTURES
 
 MODEL = ["--model-type", "phi-2", "--device", "cpu", "--batch-size", "4"]
@@ -29,7 +30,7 @@ def workdir(tmp_path_factory):
         MAKERS[benchmark](root / "eval")
     from bunny.demo import synthetic
 
-    synthetic.generate(str(root / "eval" / "shapes"), 0, num_pretrain=0, num_finetune=0, num_eval=8)
+    synthetic.generate(str(root / "eval" / "shapes"), 0, num_pretrain=0, num_finetune=0, num_eval=8, num_foreign=8)
     return root
 
 
@@ -97,9 +98,17 @@ def test_run_mme_scores_both_categories(in_workdir, capsys):
     assert again["Perception"]["total"] == report["score"]
 
 
-def test_shapes_reports_the_blind_control(in_workdir):
+def test_shapes_reports_the_blind_control_and_the_foreign_set(in_workdir):
+    from bunny.eval import eval_shapes
+
     report = run_benchmark("shapes")
-    assert "blind_accuracy" in report["metrics"] and (in_workdir / "eval/shapes/runs/bunny-quick/answers_blind.jsonl").is_file()
+    run_dir = in_workdir / "eval/shapes/runs/bunny-quick"
+    for name, key in (("blind", "answer_key.jsonl"), ("foreign", "answer_key_foreign.jsonl")):
+        scored = eval_shapes.score(
+            read_jsonl(str(in_workdir / "eval/shapes/eval" / key)), read_jsonl(str(run_dir / f"answers_{name}.jsonl"))
+        )
+        assert report["metrics"][f"{name}_accuracy"] == scored["accuracy"]
+        assert report["metrics"][f"{name}_accuracy_by_type"] == scored["accuracy_by_type"]
 
 
 def test_server_scored_benchmark_writes_the_upload_file_and_says_where(in_workdir, capsys):

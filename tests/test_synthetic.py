@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bunny.demo import synthetic
+from bunny.demo import foreign, synthetic
 from bunny.data.dataset import load_training_data
 from bunny.eval.common import read_question_file, read_jsonl
 
@@ -26,16 +27,16 @@ def digest(root: Path) -> dict[str, str]:
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shapes")
     synthetic.main(["--output-dir", str(root), "--num-pretrain", "40", "--num-finetune", "60", "--num-eval", "120",
-                    "--text-only-fraction", "0.2"])
+                    "--text-only-fraction", "0.2", "--num-foreign", "60"])
     return root
 
 
 def test_same_seed_same_files_other_seed_other_files(data, tmp_path):
     again = tmp_path / "again"
-    synthetic.generate(str(again), seed=0, num_pretrain=40, num_finetune=60, num_eval=120, text_only_fraction=0.2)
+    synthetic.generate(str(again), seed=0, num_pretrain=40, num_finetune=60, num_eval=120, text_only_fraction=0.2, num_foreign=60)
     assert digest(again) == digest(data)
     other = tmp_path / "other"
-    synthetic.generate(str(other), seed=1, num_pretrain=40, num_finetune=60, num_eval=120, text_only_fraction=0.2)
+    synthetic.generate(str(other), seed=1, num_pretrain=40, num_finetune=60, num_eval=120, text_only_fraction=0.2, num_foreign=60)
     assert digest(other)["finetune.json"] != digest(data)["finetune.json"]
 
 
@@ -156,3 +157,49 @@ def test_the_example_pictures_in_images_are_scenes_of_the_shapes_world():
     for name in shipped:
         picture = Image.open(Path(__file__).parents[1] / "images" / name).convert("RGB")
         assert list(picture.getdata()) == list(synthetic.draw_example(name).getdata()), name
+
+
+def foreign_colours(image: Image.Image, box: tuple[int, int, int, int] | None = None) -> set[str]:
+    """Colour names whose foreign shades cover more than a few pixels of `image` (or of `box`)."""
+    counts = Counter((image.crop(box) if box else image).convert("RGB").getdata())
+    return {name for name, shades in foreign.PALETTE.items() if sum(counts[rgb] for rgb in shades) > 4}
+
+
+def test_foreign_set_is_another_drawing_whose_key_is_what_its_pictures_show(data):
+    questions = read_question_file(str(data / "eval" / "questions_foreign.jsonl"))
+    key = {row["question_id"]: row for row in read_jsonl(str(data / "eval" / "answer_key_foreign.jsonl"))}
+    assert len(questions) == len(key) == 60
+    for kind, answers in synthetic.QUESTION_KINDS.items():
+        given = Counter(row["answer"] for row in key.values() if row["category"] == kind)
+        assert set(given) == set(answers.answers) and max(given.values()) - min(given.values()) <= 1, (kind, given)
+    assert set(foreign.PALETTE) == set(synthetic.COLOURS)  # the same names, shades of its own
+    generator_shades = set(synthetic.COLOURS.values())
+    for question in questions:
+        answer, kind = key[question["question_id"]]["answer"], question["category"]
+        image = Image.open(data / "images" / question["image"]).convert("RGB")
+        assert question["image"].startswith("foreign/") and image.size in foreign.CANVASES
+        assert not generator_shades & set(image.getdata())  # none of the generator's colours
+        colours = foreign_colours(image)
+        if kind == "count":
+            assert len(colours) == int(answer), question
+        elif kind == "colour":
+            assert answer in colours, question
+        elif kind == "presence":
+            named = next(c for c in synthetic.COLOURS if f" {c} " in question["text"])
+            if answer == "yes":
+                assert named in colours, question
+        else:
+            column = synthetic.POSITIONS.index(answer)
+            third = (int(column * image.width / 3), 0, int((column + 1) * image.width / 3), image.height)
+            assert foreign_colours(image, third), question
+
+
+def test_foreign_positions_are_the_third_of_each_centre():
+    rng = random.Random(3)
+    for _ in range(200):
+        picture = foreign.random_picture(rng, rng.randint(1, 3))
+        width = picture.size[0]
+        for shape, item in zip(sorted(picture.shapes, key=lambda p: p.x), picture.scene):
+            assert item.position == synthetic.POSITIONS[int(3 * shape.x / width)]
+            assert min(abs(shape.x - width * k / 3) for k in (1, 2)) >= foreign.BORDER_CLEARANCE * width
+            assert shape.radius <= shape.x <= width - shape.radius

@@ -11,10 +11,11 @@ Stages, each through the entry point a user would run:
   4. finetune    `bunny/train/train.py --lora_enable True` (template `bunny`)
   5. merge       `script/merge_lora_weights.py`
   6. evaluate    `python -m bunny.eval run shapes` on the held-out questions, once with their
-                 pictures and once with a blank picture (report: eval/report.json)
+                 pictures, once with a blank picture, and on the foreign set (report: eval/report.json)
   7. chat        `python -m bunny.serve.cli` about images/shapes.png
 
-Writes `<output-dir>/metrics.json` (accuracy, accuracy_by_type, blind_accuracy, chance_accuracy,
+Writes `<output-dir>/metrics.json` (accuracy, accuracy_by_type, blind_accuracy, foreign_accuracy
+(pictures drawn by another procedure, bunny.demo.foreign), chance_accuracy,
 timings, the merged checkpoint and its model type) and `<output-dir>/losses.png`. Everything is
 seeded: two runs give the same metrics, timings aside. `--quick` is the small version the test
 suite runs.
@@ -45,6 +46,7 @@ class Settings:
     num_pretrain: int = 3000
     num_finetune: int = 6000
     num_eval: int = 400
+    num_foreign: int = 120
     tower_steps: int = 600
     llm_steps: tuple[int, int] = (1000, 400)  # short questions, then the templates
     pretrain_batch_size: int = 32
@@ -60,7 +62,7 @@ class Settings:
 # The test suite's version (under 3 minutes): fewer pictures and steps, smaller finetuning batches
 # so that it still takes enough optimiser steps to start reading the pictures.
 QUICK = Settings(
-    num_pretrain=600, num_finetune=1200, num_eval=80, tower_steps=100, llm_steps=(200, 60), finetune_batch_size=8,
+    num_pretrain=600, num_finetune=1200, num_eval=80, num_foreign=40, tower_steps=100, llm_steps=(200, 60), finetune_batch_size=8,
     finetune_epochs=1,
 )
 
@@ -99,6 +101,7 @@ def make_data(directory: str, settings: Settings, seed: int) -> dict[str, str]:
     return synthetic.main([
         "--output-dir", directory, "--seed", str(seed), "--num-pretrain", str(settings.num_pretrain),
         "--num-finetune", str(settings.num_finetune), "--num-eval", str(settings.num_eval),
+        "--num-foreign", str(settings.num_foreign),
     ])
 
 
@@ -188,6 +191,8 @@ def evaluate(checkpoint: str, data: dict[str, str], directory: str, settings: Se
         "accuracy_by_type": metrics["accuracy_by_type"],
         "blind_accuracy": metrics["blind_accuracy"],
         "blind_accuracy_by_type": metrics["blind_accuracy_by_type"],
+        "foreign_accuracy": metrics["foreign_accuracy"],
+        "foreign_accuracy_by_type": metrics["foreign_accuracy_by_type"],
         "chance_accuracy": chance["overall"],
         "chance_accuracy_by_type": chance["by_type"],
         "num_questions": metrics["num_questions"],
@@ -295,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"\nheld-out accuracy {100 * metrics['accuracy']:.1f}% "
         f"({', '.join(f'{k} {100 * v:.0f}%' for k, v in metrics['accuracy_by_type'].items())}); "
-        f"with a blank picture {100 * metrics['blind_accuracy']:.1f}%; chance {100 * metrics['chance_accuracy']:.1f}%"
+        f"with a blank picture {100 * metrics['blind_accuracy']:.1f}%; chance {100 * metrics['chance_accuracy']:.1f}%; "
+        f"pictures drawn by another procedure {100 * metrics['foreign_accuracy']:.1f}%"
     )
     print(f"metrics: {os.path.join(args.output_dir, 'metrics.json')}; losses: {os.path.join(args.output_dir, 'losses.png')}")
     print(f"checkpoint: {metrics['checkpoint']} (model type {MODEL_TYPE}); total {time.perf_counter() - start:.0f} s")

@@ -2,7 +2,7 @@
 
 Run as:
     python -m bunny.demo.synthetic --output-dir data/shapes [--seed 0] [--num-pretrain 3000]
-        [--num-finetune 4000] [--num-eval 400] [--text-only-fraction 0.05]
+        [--num-finetune 4000] [--num-eval 400] [--num-foreign 120] [--text-only-fraction 0.05]
 
 Each picture has a light background, a random size (96-192 px wide, aspect ratio 0.75-1.5) and one
 to three shapes. A picture is cut into three columns (left, middle, right); every shape is in a
@@ -14,6 +14,8 @@ column of its own, and shapes and colours are never repeated within a picture. W
     eval/questions.jsonl   held-out questions in the evaluation question-file format
     eval/questions_blind.jsonl  the same questions, each about images/blank.png
     eval/answer_key.jsonl  {"question_id", "answer", "category"} for each question
+    eval/questions_foreign.jsonl, eval/answer_key_foreign.jsonl, images/foreign/*.png
+                           a second held-out set drawn by a procedure of its own (`bunny.demo.foreign`)
     captions.json          {image: caption} for the training pictures (a text stand-in for each picture)
     text.txt               every text of the data set, one per line (for the stand-in tokenizer)
 
@@ -323,15 +325,22 @@ def generate(
     num_finetune: int = 4000,
     num_eval: int = 400,
     text_only_fraction: float = 0.05,
+    num_foreign: int = 120,
 ) -> dict[str, str]:
     """Write the data set under `output_dir`; returns the paths of its files."""
-    if num_eval % len(QUESTION_KINDS):
-        raise ValueError(f"--num-eval must be a multiple of {len(QUESTION_KINDS)} (one question of each kind in turn)")
+    from bunny.demo.foreign import foreign_questions
+
+    for flag, number in (("--num-eval", num_eval), ("--num-foreign", num_foreign)):
+        if number % len(QUESTION_KINDS):
+            raise ValueError(f"{flag} must be a multiple of {len(QUESTION_KINDS)} (one question of each kind in turn)")
     # Independent streams, so changing one split's size leaves the others as they were.
     pretrain = pretrain_samples(random.Random(f"{seed}-pretrain"), output_dir, num_pretrain)
     captions = {s["image"]: s["conversations"][1]["value"] for s in pretrain}
     finetune = finetune_samples(random.Random(f"{seed}-finetune"), output_dir, num_finetune, text_only_fraction, captions)
     questions, key = eval_questions(random.Random(f"{seed}-eval"), output_dir, num_eval)
+    foreign, foreign_key = foreign_questions(
+        random.Random(f"{seed}-foreign"), lambda image, name: save_image(image, output_dir, name), num_foreign
+    )
     save_image(Image.new("RGB", (128, 128), BACKGROUND), output_dir, BLANK_IMAGE)
 
     paths = {
@@ -341,6 +350,8 @@ def generate(
         "questions": os.path.join(output_dir, "eval", "questions.jsonl"),
         "questions_blind": os.path.join(output_dir, "eval", "questions_blind.jsonl"),
         "answer_key": os.path.join(output_dir, "eval", "answer_key.jsonl"),
+        "questions_foreign": os.path.join(output_dir, "eval", "questions_foreign.jsonl"),
+        "answer_key_foreign": os.path.join(output_dir, "eval", "answer_key_foreign.jsonl"),
         "captions": os.path.join(output_dir, "captions.json"),
         "text": os.path.join(output_dir, "text.txt"),
     }
@@ -351,6 +362,8 @@ def generate(
     write_jsonl(paths["questions"], questions)
     write_jsonl(paths["questions_blind"], [dict(q, image=BLANK_IMAGE) for q in questions])
     write_jsonl(paths["answer_key"], key)
+    write_jsonl(paths["questions_foreign"], foreign)
+    write_jsonl(paths["answer_key_foreign"], foreign_key)
     texts = [turn["value"].replace("<image>\n", "") for s in pretrain + finetune for turn in s["conversations"]]
     texts += [q["text"] for q in questions]
     with atomic_write(paths["text"]) as f:
@@ -368,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-finetune", type=int, default=4000, help="conversations for instruction tuning")
     parser.add_argument("--num-eval", type=int, default=400, help="held-out questions (a multiple of 4)")
     parser.add_argument(
+        "--num-foreign", type=int, default=120,
+        help="held-out questions about pictures drawn by another procedure (bunny.demo.foreign; a multiple of 4)",
+    )
+    parser.add_argument(
         "--text-only-fraction", type=float, default=0.05, help="share of finetuning conversations without a picture"
     )
     return parser
@@ -376,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     args = build_parser().parse_args(argv)
     paths = generate(
-        args.output_dir, args.seed, args.num_pretrain, args.num_finetune, args.num_eval, args.text_only_fraction
+        args.output_dir, args.seed, args.num_pretrain, args.num_finetune, args.num_eval, args.text_only_fraction,
+        args.num_foreign,
     )
     print(json.dumps(paths, indent=1))
     return paths

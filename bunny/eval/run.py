@@ -188,20 +188,29 @@ def software() -> dict[str, str]:
     return versions
 
 
-def shapes_blind(args: argparse.Namespace, spec: Benchmark, data_dir: str, run_dir: str) -> dict[str, Any] | None:
-    """The shapes benchmark's control: the same questions about a blank picture (a model that reads the
-    question and not the picture scores as well there)."""
+# The shapes benchmark's extra sets: name -> (question file, answer key), under <data-dir>/eval/.
+SHAPES_SETS = {
+    # the control: the same questions about a blank picture (a model that reads the question and not
+    # the picture scores as well there)
+    "blind": ("questions_blind.jsonl", "answer_key.jsonl"),
+    # pictures drawn by another procedure than the training pictures' (bunny.demo.foreign)
+    "foreign": ("questions_foreign.jsonl", "answer_key_foreign.jsonl"),
+}
+
+
+def shapes_set(args: argparse.Namespace, spec: Benchmark, data_dir: str, run_dir: str, name: str) -> dict[str, Any] | None:
+    """Answers to one of `SHAPES_SETS` (None when the data set has no such file), scored."""
     from bunny.eval.eval_shapes import score
 
-    blind = os.path.join(data_dir, "eval", "questions_blind.jsonl")
-    if not os.path.exists(blind):
+    questions, key = (os.path.join(data_dir, "eval", file) for file in SHAPES_SETS[name])
+    if not os.path.exists(questions):
         return None
-    answers = os.path.join(run_dir, "answers_blind.jsonl")
+    answers = os.path.join(run_dir, f"answers_{name}.jsonl")
     argv = generator_argv(args, spec, data_dir, run_dir, answers, "")
-    argv[argv.index("--question-file") + 1] = blind
-    argv[argv.index("--progress-dir") + 1] = os.path.join(run_dir, ".progress-blind")
+    argv[argv.index("--question-file") + 1] = questions
+    argv[argv.index("--progress-dir") + 1] = os.path.join(run_dir, f".progress-{name}")
     run_generator(spec.generator, argv)
-    return score(read_jsonl(os.path.join(data_dir, "eval", "answer_key.jsonl")), read_jsonl(answers))
+    return score(read_jsonl(key), read_jsonl(answers))
 
 
 def judge_mmvet(args: argparse.Namespace, data_dir: str, answers: str, run_dir: str) -> dict[str, Any]:
@@ -225,10 +234,11 @@ def score_run(args: argparse.Namespace, data_dir: str, answers: str, run_dir: st
     scored_dir = os.path.join(data_dir, "eval") if args.benchmark == "shapes" else data_dir
     result = score(args.benchmark, scored_dir, answers, run_dir, split or None)
     if args.benchmark == "shapes":
-        blind = shapes_blind(args, spec, data_dir, run_dir)
-        if blind is not None:
-            result["metrics"]["blind_accuracy"] = blind["accuracy"]
-            result["metrics"]["blind_accuracy_by_type"] = blind["accuracy_by_type"]
+        for name in SHAPES_SETS:
+            extra = shapes_set(args, spec, data_dir, run_dir, name)
+            if extra is not None:
+                result["metrics"][f"{name}_accuracy"] = extra["accuracy"]
+                result["metrics"][f"{name}_accuracy_by_type"] = extra["accuracy_by_type"]
     if args.benchmark == "mmvet" and args.judge_url:
         result["judge"] = judge_mmvet(args, data_dir, answers, run_dir)
         result["score"], result["score_name"] = result["judge"]["score"], f"MM-Vet total (judge: {args.judge_model})"
