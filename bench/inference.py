@@ -13,7 +13,14 @@ heads); prompts of 44 text ids plus one image (300 prefill positions); greedy de
 - batch-1 time to first token and decode-only tokens/s (63 / time from the first new token to the
   last), both read from the same `generate` runs by a streamer that timestamps each token;
 - batch-8 summed tokens/s: 8 * 64 / wall time of `generate` over 8 prompts of different text
-  lengths (spread around 44), left-padded with an attention mask.
+  lengths (spread around 44), left-padded with an attention mask;
+- the bare LLM: the same weights as transformers' own PhiForCausalLM, its `generate` on
+  `inputs_embeds` of the prompt's length (no image), timed in turn with Bunny's batch-1 runs, and
+  efficiency: Bunny's decode tokens/s over the bare LLM's (what Bunny's wrapper costs; goal of
+  issue 21: >= 0.95), and the share of the measured memory bandwidth decoding uses (every LLM
+  weight read once per token);
+- the machine (bench/machine.py): matmul peaks for the decode and prefill shapes in float32 and
+  bfloat16, memory bandwidth, whether bfloat16 is native, measured before and after the workload.
 
 Every figure is the median over `--repeats` timed runs after one untimed warm-up run; the best run
 is reported next to it.
@@ -45,8 +52,10 @@ from transformers.generation.streamers import BaseStreamer
 
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bunny.constants import IMAGE_TOKEN_INDEX  # noqa: E402
+from machine import PeakTracker  # noqa: E402
 from bunny.model import BunnyPhiConfig, BunnyPhiForCausalLM  # noqa: E402
 
 logger = logging.getLogger("bench.inference")
@@ -116,6 +125,8 @@ WORKLOADS = {
 ORIGINAL_BATCH1_TOKENS_PER_S = {"float32": 85.0, "bfloat16": 155.0}
 GOAL_BATCH1_SPEEDUP = 1.5
 GOAL_BATCH_OVER_BATCH1 = 4.0
+# Issue 21: Bunny's batch-1 decoding at least this share of the bare LLM's own generate.
+GOAL_DECODE_OVER_BARE = 0.95
 
 # Special ids of the random LLM; prompt ids are drawn above them so no prompt contains eos.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -221,6 +232,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def alternating_runs(fns: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[list[float]]:
+    """Wall seconds of `repeats` rounds in which each of `fns` runs once, in turn (so that a drift of
+    the machine's speed hits all of them alike), after `warmup` untimed calls of each."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    seconds: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for times, fn in zip(seconds, fns):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return seconds
+
+
 def time_runs(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     """Wall seconds of `repeats` calls of `fn`, after `warmup` untimed calls."""
     for _ in range(warmup):
@@ -311,6 +337,51 @@ def generate_fn(
     return run
 
 
+def bare_llm(model: BunnyPhiForCausalLM) -> Any:
+    """The same LLM as the native transformers class (PhiForCausalLM), with the same weights and
+    attention implementation, and no Bunny code on its path (bunny.export.text builds it)."""
+    from bunny.export.text import native_class, native_config, text_weights
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    bare = native_class(model)._from_config(
+        native_config(model, vocab), attn_implementation=model.config._attn_implementation
+    )
+    bare.load_state_dict(text_weights(model, vocab))
+    return bare.to(model.dtype).eval()
+
+
+def bare_generate_fn(bare: Any, embeds: torch.Tensor, new_tokens: int, clocks: list[tuple[float, TokenClock]]) -> Callable[[], Any]:
+    """The bare LLM's own `generate` on `inputs_embeds` (no image, no Bunny code), timestamped."""
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+
+    def run() -> None:
+        streamer = TokenClock()
+        clocks.append((time.perf_counter(), streamer))
+        output = bare.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=False, use_cache=True, streamer=streamer,
+        )
+        if output.shape[-1] != new_tokens:
+            raise RuntimeError(f"the bare LLM's generate returned {output.shape[-1]} tokens, not {new_tokens}")
+
+    return run
+
+
+def decode_times(clocks: list[tuple[float, TokenClock]], repeats: int, new_tokens: int) -> tuple[list[float], list[float]]:
+    """(time to first token, first -> last new token) of each timed run (the warm-up's clock comes first)."""
+    timed = clocks[-repeats:]
+    if any(len(clock.token_times) != new_tokens for _, clock in timed):
+        raise RuntimeError("the streamer did not see one put per new token; decode timings would be wrong")
+    return [c.token_times[0] - start for start, c in timed], [c.token_times[-1] - c.token_times[0] for _, c in timed]
+
+
+def llm_weight_bytes(workload: Workload, dtype: torch.dtype) -> int:
+    """Bytes of LLM weights a decode step reads: every matmul's (the embedding reads one row)."""
+    d, f = workload.hidden_size, workload.intermediate_size
+    numel = workload.num_layers * (4 * d * d + 2 * d * f) + d * workload.vocab_size
+    return numel * torch.finfo(dtype).bits // 8
+
+
 # -- benchmark -------------------------------------------------------------------------------------
 
 
@@ -342,35 +413,65 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     def encode_image() -> None:
         model.encode_images(single_image)
 
+    bare = bare_llm(model)
+    scale = model.get_input_embeddings().weight.float().std()
+    bare_embeds = (torch.randn(1, prefill_positions, workload.hidden_size, generator=generator) * scale).to(dtype)
+    d, f = workload.hidden_size, workload.intermediate_size
+    peaks = PeakTracker([(1, d, d), (1, d, f), (1, f, d), (prefill_positions, d, d), (prefill_positions, d, f)])
+    rounds = 1 if args.quick else 2
     with torch.inference_mode() if args.grad_mode == "inference_mode" else torch.no_grad():
+        peaks.measure(rounds)  # around the workload: before and after it
         logger.info("prefill (%d positions)", prefill_positions)
         prefill_s = time_runs(prefill, repeats)
         encode_s = time_runs(encode_image, repeats)
-        logger.info("batch 1: %d tokens", new_tokens)
+        logger.info("batch 1: %d tokens, and the bare LLM's generate, in turn", new_tokens)
         clocks: list[tuple[float, TokenClock]] = []
+        bare_clocks: list[tuple[float, TokenClock]] = []
         single = generate_fn(model, single_ids, single_image, single_mask, new_tokens, options, clocks)
-        single_s = time_runs(single, repeats)
+        single_s, bare_s = alternating_runs([single, bare_generate_fn(bare, bare_embeds, new_tokens, bare_clocks)], repeats)
         logger.info("batch %d: %d tokens", len(batch_lengths), new_tokens)
         batch_s = time_runs(generate_fn(model, batch_ids, batch_images, batch_mask, new_tokens, options), repeats)
+        peaks.measure(rounds)
 
-    timed_clocks = clocks[-repeats:]  # the warm-up run's clock comes first
-    if any(len(clock.token_times) != new_tokens for _, clock in timed_clocks):
-        raise RuntimeError("the streamer did not see one put per new token; decode timings would be wrong")
-    first_token_s = [clock.token_times[0] - start for start, clock in timed_clocks]
-    decode_s = [clock.token_times[-1] - clock.token_times[0] for _, clock in timed_clocks]
+    first_token_s, decode_s = decode_times(clocks, repeats, new_tokens)
+    bare_first_token_s, bare_decode_s = decode_times(bare_clocks, repeats, new_tokens)
     batch_tps = summary(batch_s, len(batch_lengths) * new_tokens)
     single_tps = summary(single_s, new_tokens)
+    decode_tps = summary(decode_s, new_tokens - 1)
+    bare_decode_tps = summary(bare_decode_s, new_tokens - 1)
+    machine = peaks.report()
+    weight_bytes = llm_weight_bytes(workload, dtype)
     results = {
         "batch1_end_to_end_tokens_per_s": single_tps,
         "batch1_generate_ms": ms(single_s),
         "prefill_forward_ms": ms(prefill_s),
         "prefill_image_encode_ms": ms(encode_s),
         "time_to_first_token_ms": ms(first_token_s),
-        "batch1_decode_tokens_per_s": summary(decode_s, new_tokens - 1),
+        "batch1_decode_tokens_per_s": decode_tps,
         "batch1_decode_ms_per_token": round(1000 * statistics.median(decode_s) / (new_tokens - 1), 3),
         f"batch{len(batch_lengths)}_summed_tokens_per_s": batch_tps,
         f"batch{len(batch_lengths)}_generate_ms": ms(batch_s),
         f"batch{len(batch_lengths)}_over_batch1": round(batch_tps["median"] / single_tps["median"], 2),
+        "bare_llm": {
+            "what": "the same LLM as transformers' own PhiForCausalLM, generate on inputs_embeds of the prompt's "
+            "length (no image), batch 1, in turn with Bunny's batch-1 runs",
+            "end_to_end_tokens_per_s": summary(bare_s, new_tokens),
+            "time_to_first_token_ms": ms(bare_first_token_s),
+            "decode_tokens_per_s": bare_decode_tps,
+        },
+        "efficiency": {
+            # what Bunny's wrapper costs: 1.0 is the bare LLM's speed
+            "decode_bunny_over_bare": round(decode_tps["median"] / bare_decode_tps["median"], 3),
+            "end_to_end_bunny_over_bare": round(single_tps["median"] / summary(bare_s, new_tokens)["median"], 3),
+            "goal_decode_bunny_over_bare": GOAL_DECODE_OVER_BARE,
+            "goal_met": decode_tps["median"] / bare_decode_tps["median"] >= GOAL_DECODE_OVER_BARE,
+            # decode reads every LLM weight once per token: the share of the measured copy bandwidth used
+            "decode_weight_bandwidth_share": round(
+                weight_bytes * decode_tps["median"] / 1e9 / machine["memory_bandwidth_gb_s"]["peak"], 3
+            ),
+            "llm_weight_bytes": weight_bytes,
+        },
+        "machine": machine,
     }
     if not args.quick:
         speedup = single_tps["median"] / ORIGINAL_BATCH1_TOKENS_PER_S[args.dtype]

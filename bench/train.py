@@ -10,6 +10,13 @@ optimiser state, which is what `--bf16 True` does on a CPU. Reported:
 - the data pipeline's samples/s: `LazySupervisedDataset` + collator over a generated 1,000-sample
   file (images decoded, padded, processed; conversations tokenised and masked), batch 4.
 
+- model FLOPs per step, counted from the shapes (`training_step_flops` gives the formula; the test
+  suite checks it against torch's FlopCounterMode), model GFLOP/s, and efficiency: model FLOP/s of
+  the full step (and of forward + backward alone) over the peak matmul throughput of the step's
+  dtype, measured in the same process before and after the step (bench/machine.py: the LLM's own
+  matmul shapes, several rounds, the highest kept, the spread reported with the memory bandwidth and
+  whether bfloat16 is native). Goals (issue 21): >= 80% of the float32 peak, >= 50% of the bfloat16.
+
 Every figure is the median over `--repeats` runs after one untimed warm-up, with the best run.
 
 Run as: python bench/train.py [--dtype bfloat16] [--repeats N] [--quick]
@@ -34,9 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import PeakTracker  # noqa: E402
 from inference import (  # noqa: E402
     ENV_KEYS,
     WORKLOADS,
+    alternating_runs,
     build_model,
     cpu_name,
     ms,
@@ -52,6 +61,8 @@ from bunny.data.tokenizer import load_training_tokenizer  # noqa: E402
 
 ORIGINAL_SECONDS_PER_STEP = {"float32": 2.67, "bfloat16": 1.58}
 GOAL_SECONDS_PER_STEP = {"float32": 2.2, "bfloat16": 0.8}
+# Issue 21: model FLOPs per second of the full step over the measured matmul peak of its dtype.
+GOAL_EFFICIENCY = {"float32": 0.8, "bfloat16": 0.5}
 TOKENIZER = ROOT / "tests" / "fixtures" / "reference" / "tokenizers" / "tok-phi"
 
 
@@ -62,6 +73,42 @@ def make_batch(batch: int, ids: int, masked: int, vocab: int, image_size: int, g
     labels[:, :masked] = IGNORE_INDEX
     images = torch.rand(batch, 3, image_size, image_size, generator=generator) * 2 - 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": torch.ones_like(input_ids), "images": images}
+
+
+def training_step_flops(workload, batch: int, ids: int) -> dict[str, int]:
+    """Model FLOPs of one training step (forward + backward), counted from the shapes; 2 FLOPs per
+    multiply-add, matmuls and convolutions only (norms, activations, softmax and the optimiser are
+    left out, as in the usual MFU accounting). With B rows of `ids` ids and one image each, T = ids -
+    1 + I positions after the splice (I image tokens), LLM width d, MLP width f, L layers, vocabulary
+    V; tower width e, MLP width g, patch p, and the e -> d -> d projector:
+
+    - LLM weights (q, k, v, dense, fc1, fc2 per layer, the head): 2 B T (L (4 d^2 + 2 d f) + d V)
+      forward, twice that backward (input and weight gradients): x3;
+    - attention scores and their use (Q K^T and A V over all T x T pairs, the causal half not
+      subtracted): 4 B T^2 d L forward, x3 with backward;
+    - projector: 2 B I (e d + d d) forward; backward computes both gradients of the second layer but
+      only the weight gradient of the first (its input, the frozen tower's output, needs none);
+    - tower, frozen, forward only, up to the second-to-last layer (Bunny reads layer -2): the patch
+      convolution 2 B I 3 p^2 e, then (L_t - 1) layers of 2 B I (4 e^2 + 2 e g) + 4 B I^2 e.
+    """
+    image = workload.image_tokens
+    positions = ids - 1 + image
+    d, f, layers, vocab = workload.hidden_size, workload.intermediate_size, workload.num_layers, workload.vocab_size
+    e, g, patch = workload.tower_hidden_size, workload.tower_intermediate_size, workload.patch_size
+    tower_layers = workload.tower_layers - 1
+    llm_forward = 2 * batch * positions * (layers * (4 * d * d + 2 * d * f) + d * vocab)
+    attention_forward = 4 * batch * positions**2 * d * layers
+    first, second = 2 * batch * image * e * d, 2 * batch * image * d * d
+    tower = 2 * batch * image * 3 * patch**2 * e + tower_layers * (
+        2 * batch * image * (4 * e * e + 2 * e * g) + 4 * batch * image**2 * e
+    )
+    counts = {
+        "llm_weights": 3 * llm_forward,
+        "attention": 3 * attention_forward,
+        "projector": 2 * first + 3 * second,
+        "tower_forward": tower,
+    }
+    return {**counts, "total": sum(counts.values())}
 
 
 def training_step_times(args: argparse.Namespace, workload, tower_dir: Path) -> dict:
@@ -90,9 +137,40 @@ def training_step_times(args: argparse.Namespace, workload, tower_dir: Path) -> 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    fwd_bwd = time_runs(lambda: (forward_backward(), model.zero_grad(set_to_none=True)), args.repeats)
-    step = time_runs(full_step, args.repeats)
-    return {"positions_after_splice": positions, "forward_backward_s": ms_to_s(ms(fwd_bwd)), "step_s": ms_to_s(ms(step))}
+    peaks = PeakTracker(matmul_shapes(workload, 4 * positions))
+    rounds = 1 if args.quick else 3
+    peaks.measure(rounds)  # around the workload: before and after it
+    # in turn, so that the machine's drift (AMX warming up, neighbours) hits both alike
+    fwd_bwd, step = alternating_runs(
+        [lambda: (forward_backward(), model.zero_grad(set_to_none=True)), full_step], args.repeats
+    )
+    peaks.measure(rounds)
+    flops = training_step_flops(workload, 4, ids)
+    peak = peaks.peak(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+    step_median, fwd_bwd_median = statistics.median(step), statistics.median(fwd_bwd)
+    return {
+        "positions_after_splice": positions,
+        "forward_backward_s": ms_to_s(ms(fwd_bwd)),
+        "step_s": ms_to_s(ms(step)),
+        "model_flops_per_step": flops,
+        "model_gflops_per_s": round(flops["total"] / step_median / 1e9, 1),
+        "efficiency": {
+            "step_over_peak": round(flops["total"] / step_median / 1e9 / peak, 3),
+            "forward_backward_over_peak": round(flops["total"] / fwd_bwd_median / 1e9 / peak, 3),
+            "peak_dtype": args.dtype,
+            "peak_gflops": round(peak, 1),
+            "goal": GOAL_EFFICIENCY[args.dtype],
+            "goal_met": flops["total"] / step_median / 1e9 / peak >= GOAL_EFFICIENCY[args.dtype],
+        },
+        "machine": peaks.report(),
+    }
+
+
+def matmul_shapes(workload, tokens: int) -> list[tuple[int, int, int]]:
+    """The LLM's matmuls in a training step over `tokens` positions: attention projections, the
+    MLP's two layers and the head."""
+    d, f, vocab = workload.hidden_size, workload.intermediate_size, workload.vocab_size
+    return [(tokens, d, d), (tokens, d, f), (tokens, f, d), (tokens, d, vocab)]
 
 
 def ms_to_s(values: dict) -> dict:

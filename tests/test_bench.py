@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 @pytest.mark.parametrize(
     "script, extra, keys",
     [
-        ("inference.py", [], {"batch1_end_to_end_tokens_per_s", "prefill_forward_ms", "settings"}),
+        ("inference.py", [], {"batch1_end_to_end_tokens_per_s", "prefill_forward_ms", "settings", "bare_llm", "efficiency", "machine"}),
         ("train.py", ["--repeats", "1"], {"training", "data_pipeline"}),
         ("serve.py", ["--rounds", "1", "--max-tokens", "6", "--max-tokens-spread", "3"], {"levels", "speedup_8_over_1"}),
     ],
@@ -28,8 +28,38 @@ def test_a_benchmark_prints_only_its_json_result(script, extra, keys):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # the whole of stdout
     assert keys <= set(result)
+    if script == "train.py":
+        assert {"model_flops_per_step", "efficiency", "machine"} <= set(result["training"])
+        assert result["training"]["machine"]["matmul"]["float32"]["peak_gflops"] > 0
     if script == "serve.py":
         assert [level["clients"] for level in result["levels"]] == [1, 4, 8]
         assert all(level["completion_tokens"] > 0 for level in result["levels"])
         # the worker's log was read: every level prefilled its requests in one or more groups
         assert all(sum(level["prefill_groups"]) == level["requests"] for level in result["levels"])
+
+
+@pytest.mark.parametrize("batch, ids", [(4, 40), (2, 23)])
+def test_the_training_flop_formula_counts_what_torch_counts(batch, ids, tmp_path, monkeypatch):
+    """bench/train.py's model-FLOP formula against torch's FlopCounterMode on a real forward +
+    backward of the quick workload."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    from inference import WORKLOADS, build_model, save_random_siglip_tower
+    from train import make_batch, training_step_flops
+
+    workload = WORKLOADS["quick"]
+    save_random_siglip_tower(workload, tmp_path / "tower")
+    model = build_model(workload, torch.float32, tmp_path / "tower", attn_implementation="sdpa")
+    model.train()
+    model.get_vision_tower().requires_grad_(False)
+    inputs = make_batch(batch, ids, 8, workload.vocab_size, workload.image_size, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        model(**inputs).loss.backward()
+    formula = training_step_flops(workload, batch, ids)
+    assert formula["total"] == sum(v for k, v in formula.items() if k != "total")
+    # FlopCounterMode counts the attention kernel's backward as 2.5x its forward (it recomputes the
+    # scores); model FLOPs count the usual 2x.
+    recomputed = formula["attention"] // 3 // 2
+    assert counter.get_total_flops() == pytest.approx(formula["total"] + recomputed, rel=1e-4)
