@@ -286,3 +286,13 @@ def test_a_tokenizer_that_needs_remote_code_is_refused():
     with pytest.raises(NotExportable, match="remote code"):
         check_portable_tokenizer(RemoteTokenizer.__new__(RemoteTokenizer))
     check_portable_tokenizer(AutoTokenizer.from_pretrained(FIXTURES / "tokenizers" / "tok-phi"))
+
+
+def test_gguf_format_carries_a_sentencepiece_model_along(tmp_path, in_fixture_root):
+    """llama.cpp's converter reads phi-3's (and other SentencePiece) vocabularies from tokenizer.model,
+    which saving a fast tokenizer does not write: the export copies the checkpoint's own."""
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(FIXTURES / "checkpoints" / "bunny-phi-2-siglip-full", checkpoint)
+    (checkpoint / "tokenizer.model").write_bytes(b"sentencepiece model bytes")
+    export(ExportRequest(model_path=str(checkpoint), model_type="phi-2", output_dir=str(tmp_path / "gguf"), format="gguf"))
+    assert (tmp_path / "gguf" / "tokenizer.model").read_bytes() == b"sentencepiece model bytes"

@@ -69,8 +69,11 @@ def export(request: ExportRequest, overwrite: bool = False) -> str:
     check_portable_tokenizer(tokenizer)
     with atomic_directory(request.output_dir, MARKER, overwrite) as directory:
         os.chmod(directory, 0o777 & ~UMASK)  # a model directory others may read, as `mkdir` would make it
-        write = write_hf_llava if request.format == "hf-llava" else write_gguf
-        details = write(model, tokenizer, template, directory)
+        if request.format == "hf-llava":
+            details = write_hf_llava(model, tokenizer, template, directory)
+        else:
+            tokenizer_source = request.model_base if request.model_base is not None else request.model_path
+            details = write_gguf(model, tokenizer, template, directory, tokenizer_source)
         info = {**dataclasses.asdict(request), "dtype": str(dtype).removeprefix("torch."), "template": template, **details}
         info.update(versions())
         with open(os.path.join(directory, MARKER), "w", encoding="utf-8") as f:
@@ -126,9 +129,19 @@ def write_hf_llava(model: Any, tokenizer: Any, template: str, directory: str) ->
     return {"image_token_id": image_id, "image_seq_length": config.image_seq_length}
 
 
-def write_gguf(model: Any, tokenizer: Any, template: str, directory: str) -> dict[str, Any]:
+# Tokenizer files llama.cpp's converter reads that `save_pretrained` of a fast tokenizer may not
+# write: phi-3's and other SentencePiece vocabularies (its Phi3 and Llama paths require it).
+SENTENCEPIECE_FILES = ("tokenizer.model",)
+
+
+def write_gguf(model: Any, tokenizer: Any, template: str, directory: str, tokenizer_source: str | None = None) -> dict[str, Any]:
     """The LLM as a native transformers checkpoint (for llama.cpp's `convert_hf_to_gguf.py`) and the
-    tower + projector as `mmproj-model-<f16|f32>.gguf`."""
+    tower + projector as `mmproj-model-<f16|f32>.gguf`. `tokenizer_source` is the checkpoint the
+    tokenizer came from: a SentencePiece model there is copied along."""
+    import shutil
+
+    from bunny.model.builder import local_or_hub_file
+
     from bunny.export.gguf_mmproj import write_mmproj
 
     vocab_size = model.get_input_embeddings().weight.shape[0]
@@ -137,6 +150,10 @@ def write_gguf(model: Any, tokenizer: Any, template: str, directory: str) -> dic
     config.save_pretrained(directory)
     tokenizer.chat_template = chat_template(template)
     tokenizer.save_pretrained(directory)
+    for name in SENTENCEPIECE_FILES:
+        found = local_or_hub_file(tokenizer_source, name) if tokenizer_source else None
+        if found and not os.path.exists(os.path.join(directory, name)):
+            shutil.copyfile(found, os.path.join(directory, name))
     generation_config(model, tokenizer, template).save_pretrained(directory)
     mmproj_dtype = torch.float32 if model.dtype == torch.float32 else torch.float16
     mmproj = f"mmproj-model-{'f32' if mmproj_dtype == torch.float32 else 'f16'}.gguf"

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 LORA_ADAPTER_FILES = ("adapter_config.json",)
 
 
-def _local_or_hub_file(path: str, filename: str) -> str | None:
+def local_or_hub_file(path: str, filename: str) -> str | None:
     """`path/filename` for a local directory, else the file fetched from the hub repo `path` (None if absent)."""
     local = os.path.join(path, filename)
     if os.path.isdir(path):
@@ -114,7 +114,7 @@ def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs
     model, projector_missing = _load_on_base(model_base, config, backbone, load_kwargs)
     if model.get_vision_tower() is not None:
         model.load_vision_tower()  # before the trainables, which may hold tuned tower weights
-    trainables = _local_or_hub_file(model_path, "non_lora_trainables.bin") or _local_or_hub_file(
+    trainables = local_or_hub_file(model_path, "non_lora_trainables.bin") or local_or_hub_file(
         model_path, "non_lora_trainables.safetensors"
     )
     if trainables is None:
@@ -132,7 +132,7 @@ def _load_lora(model_path: str, model_base: str, backbone: Backbone, load_kwargs
     from peft import PeftConfig
 
     adapter_config = PeftConfig.from_pretrained(model_path)
-    adapter_file = _local_or_hub_file(model_path, "adapter_model.safetensors") or _local_or_hub_file(
+    adapter_file = local_or_hub_file(model_path, "adapter_model.safetensors") or local_or_hub_file(
         model_path, "adapter_model.bin"
     )
     adapter_keys = tensor_names(adapter_file) if adapter_file else []
@@ -150,7 +150,7 @@ def _load_projector_only(model_path: str, model_base: str, backbone: Backbone, l
         raise ValueError(
             f"{model_path} has unfreeze_vision_tower set but is not a LoRA checkpoint: load it without --model-base"
         )
-    projector_file = _local_or_hub_file(model_path, "mm_projector.bin") or _local_or_hub_file(
+    projector_file = local_or_hub_file(model_path, "mm_projector.bin") or local_or_hub_file(
         model_path, "mm_projector.safetensors"
     )
     if projector_file is None:
