@@ -296,3 +296,13 @@ def test_gguf_format_carries_a_sentencepiece_model_along(tmp_path, in_fixture_ro
     (checkpoint / "tokenizer.model").write_bytes(b"sentencepiece model bytes")
     export(ExportRequest(model_path=str(checkpoint), model_type="phi-2", output_dir=str(tmp_path / "gguf"), format="gguf"))
     assert (tmp_path / "gguf" / "tokenizer.model").read_bytes() == b"sentencepiece model bytes"
+
+
+@pytest.mark.parametrize("stored, expected", [("bfloat16", torch.bfloat16), ("float16", torch.float16), (None, torch.float32)])
+def test_auto_dtype_is_the_checkpoints_own(tmp_path, siglip_tower, stored, expected):
+    from bunny.export.write import checkpoint_dtype
+
+    config = bunny_config("phi-2", siglip_tower)
+    config.dtype = stored
+    config.save_pretrained(tmp_path)
+    assert checkpoint_dtype(str(tmp_path), "phi-2") == expected

@@ -43,10 +43,10 @@ def checkpoint_dtype(model_path: str, model_type: str) -> torch.dtype:
     """The dtype a checkpoint's config says its weights have (`dtype`/`torch_dtype`), else float32."""
     from bunny.model.builder import read_config
 
-    name = getattr(read_config(model_path, model_type), "dtype", None)
-    if isinstance(name, torch.dtype):
-        return name
-    return getattr(torch, name) if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype) else torch.float32
+    dtype = getattr(read_config(model_path, model_type), "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def export(request: ExportRequest, overwrite: bool = False) -> str:
