@@ -8,6 +8,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from PIL import Image
@@ -62,35 +63,43 @@ def test_pictures_vary_in_size_and_shape(data):
     assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)
 
 
-def palette_colours(image: Image.Image) -> set[str]:
+def colours_in(image: Image.Image, shades: dict[str, tuple[tuple[int, int, int], ...]], least: int) -> set[str]:
+    """Colour names of which more than `least` pixels of `image` have one of the name's `shades`."""
     counts = Counter(image.convert("RGB").getdata())
-    return {name for name, rgb in synthetic.COLOURS.items() if counts[rgb] > 20}
+    return {name for name, rgbs in shades.items() if sum(counts[rgb] for rgb in rgbs) > least}
+
+
+def check_key_against_pixels(root: Path, questions: list[dict], key: dict, colours: Callable[[Image.Image], set[str]]):
+    """Each answer checked from the pictures' pixels, independently of the generator's bookkeeping:
+    `colours(image)` names the shape colours drawn in (a part of) a picture."""
+    for question in questions:
+        answer, kind = key[question["question_id"]]["answer"], question["category"]
+        assert question["text"].endswith("\n" + synthetic.SHORT_ANSWER)
+        image = Image.open(root / "images" / question["image"]).convert("RGB")
+        found = colours(image)
+        if kind == "count":
+            assert len(found) == int(answer), question
+        elif kind == "colour":
+            assert answer in found, question
+        elif kind == "presence":
+            named = next(c for c in synthetic.COLOURS if f" {c} " in question["text"])
+            if answer == "yes":
+                assert named in found, question
+        else:
+            # some shape colour lies in the answer's third of the picture
+            column = synthetic.POSITIONS.index(answer)
+            third = (int(column * image.width / 3), 0, int((column + 1) * image.width / 3), image.height)
+            assert colours(image.crop(third)), question
+
+
+GENERATOR_SHADES = {name: (rgb,) for name, rgb in synthetic.COLOURS.items()}
 
 
 def test_answer_key_is_what_the_pictures_show(data):
     questions = read_question_file(str(data / "eval" / "questions.jsonl"))
     key = {row["question_id"]: row for row in read_jsonl(str(data / "eval" / "answer_key.jsonl"))}
     assert len(questions) == len(key) == 120
-    for question in questions:
-        answer = key[question["question_id"]]["answer"]
-        kind = question["category"]
-        assert question["text"].endswith("\n" + synthetic.SHORT_ANSWER)
-        image = Image.open(data / "images" / question["image"])
-        colours = palette_colours(image)
-        if kind == "count":
-            assert len(colours) == int(answer), question
-        elif kind == "colour":
-            assert answer in colours, question
-        elif kind == "presence":
-            named = next(c for c in synthetic.COLOURS if f" {c} " in question["text"])
-            if answer == "yes":
-                assert named in colours, question
-        else:
-            # some shape colour lies in the answer's third of the picture
-            width = image.width
-            column = synthetic.POSITIONS.index(answer)
-            crop = image.crop((int(column * width / 3), 0, int((column + 1) * width / 3), image.height))
-            assert palette_colours(crop), question
+    check_key_against_pixels(data, questions, key, lambda image: colours_in(image, GENERATOR_SHADES, 20))
 
 
 def test_captions_parse_back_into_the_pictures_they_describe(data):
@@ -99,7 +108,7 @@ def test_captions_parse_back_into_the_pictures_they_describe(data):
     for picture, caption in captions.items():
         scene = synthetic.parse_caption(caption)
         assert synthetic.caption(scene) == caption
-        assert {item.colour for item in scene} == palette_colours(Image.open(data / "images" / picture))
+        assert {item.colour for item in scene} == colours_in(Image.open(data / "images" / picture), GENERATOR_SHADES, 20)
 
 
 @pytest.mark.parametrize("text", ["A red circle on the left", "A pink circle on the left.", "", "A red circle."])
@@ -124,7 +133,7 @@ def test_blind_questions_are_the_same_questions_about_a_blank_picture(data):
     blind = read_question_file(str(data / "eval" / "questions_blind.jsonl"))
     assert [{**q, "image": None} for q in seen] == [{**q, "image": None} for q in blind]
     assert {q["image"] for q in blind} == {synthetic.BLANK_IMAGE}
-    assert palette_colours(Image.open(data / "images" / synthetic.BLANK_IMAGE)) == set()
+    assert colours_in(Image.open(data / "images" / synthetic.BLANK_IMAGE), GENERATOR_SHADES, 20) == set()
 
 
 def test_eval_size_must_cover_every_kind(tmp_path):
@@ -159,39 +168,20 @@ def test_the_example_pictures_in_images_are_scenes_of_the_shapes_world():
         assert list(picture.getdata()) == list(synthetic.draw_example(name).getdata()), name
 
 
-def foreign_colours(image: Image.Image, box: tuple[int, int, int, int] | None = None) -> set[str]:
-    """Colour names whose foreign shades cover more than a few pixels of `image` (or of `box`)."""
-    counts = Counter((image.crop(box) if box else image).convert("RGB").getdata())
-    return {name for name, shades in foreign.PALETTE.items() if sum(counts[rgb] for rgb in shades) > 4}
-
-
 def test_foreign_set_is_another_drawing_whose_key_is_what_its_pictures_show(data):
     questions = read_question_file(str(data / "eval" / "questions_foreign.jsonl"))
     key = {row["question_id"]: row for row in read_jsonl(str(data / "eval" / "answer_key_foreign.jsonl"))}
     assert len(questions) == len(key) == 60
-    for kind, answers in synthetic.QUESTION_KINDS.items():
+    for kind, spec in synthetic.QUESTION_KINDS.items():
         given = Counter(row["answer"] for row in key.values() if row["category"] == kind)
-        assert set(given) == set(answers.answers) and max(given.values()) - min(given.values()) <= 1, (kind, given)
+        assert set(given) == set(spec.answers) and max(given.values()) - min(given.values()) <= 1, (kind, given)
     assert set(foreign.PALETTE) == set(synthetic.COLOURS)  # the same names, shades of its own
     generator_shades = set(synthetic.COLOURS.values())
     for question in questions:
-        answer, kind = key[question["question_id"]]["answer"], question["category"]
         image = Image.open(data / "images" / question["image"]).convert("RGB")
         assert question["image"].startswith("foreign/") and image.size in foreign.CANVASES
         assert not generator_shades & set(image.getdata())  # none of the generator's colours
-        colours = foreign_colours(image)
-        if kind == "count":
-            assert len(colours) == int(answer), question
-        elif kind == "colour":
-            assert answer in colours, question
-        elif kind == "presence":
-            named = next(c for c in synthetic.COLOURS if f" {c} " in question["text"])
-            if answer == "yes":
-                assert named in colours, question
-        else:
-            column = synthetic.POSITIONS.index(answer)
-            third = (int(column * image.width / 3), 0, int((column + 1) * image.width / 3), image.height)
-            assert foreign_colours(image, third), question
+    check_key_against_pixels(data, questions, key, lambda image: colours_in(image, foreign.PALETTE, 4))
 
 
 def test_foreign_positions_are_the_third_of_each_centre():

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
-from bunny.demo.synthetic import COLOURS, POSITIONS, QUESTION_KINDS, SHAPES, SHORT_ANSWER, Item, Scene, ask
+from bunny.demo.synthetic import COLOURS, POSITIONS, SHAPES, Item, Scene, balanced_questions
 
 PALETTE: dict[str, tuple[tuple[int, int, int], ...]] = {
     "red": ((196, 18, 38), (246, 84, 66)),
@@ -150,20 +150,11 @@ def _matching(kind: str, answer: str, rng: random.Random) -> tuple[Picture, dict
 
 
 def foreign_questions(rng: random.Random, save: Callable[[Image.Image, str], str], n: int) -> tuple[list[dict], list[dict]]:
-    """`n` questions, kinds in turn, answers balanced within each kind; `save(image, name)` stores a
-    picture and returns its path relative to the image folder."""
-    questions, key = [], []
-    kinds = list(QUESTION_KINDS)
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        answers = QUESTION_KINDS[kind].answers
-        answer = answers[(i // len(kinds)) % len(answers)]
-        picture, arguments = _matching(kind, answer, rng)
-        question, short, _ = ask(kind, picture.scene, rng, **arguments)
-        if short != answer:
-            raise AssertionError(f"foreign {kind} question {i} answers {short!r}, not {answer!r}")
-        image = save(draw(picture), f"foreign/{i:04d}.png")
-        questions.append({"question_id": i, "image": image, "text": f"{question}\n{SHORT_ANSWER}", "category": kind})
-        key.append({"question_id": i, "answer": answer, "category": kind})
-    return questions, key
+    """`n` questions about pictures of this module's drawing (`synthetic.balanced_questions`);
+    `save(image, name)` stores a picture and returns its path relative to the image folder."""
 
+    def picture_for(kind: str, answer: str) -> tuple[Scene, dict[str, Any], Callable[[], Image.Image]]:
+        picture, arguments = _matching(kind, answer, rng)
+        return picture.scene, arguments, lambda: draw(picture)
+
+    return balanced_questions(rng, n, picture_for, lambda image, i: save(image, f"foreign/{i:04d}.png"), "foreign")

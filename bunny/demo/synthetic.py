@@ -32,7 +32,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image, ImageDraw
 
@@ -295,22 +295,40 @@ def finetune_samples(
     return samples
 
 
-def eval_questions(rng: random.Random, root: str, n: int) -> tuple[list[dict], list[dict]]:
-    """`n` held-out questions, kinds in turn, answers balanced within each kind."""
+def balanced_questions(
+    rng: random.Random, n: int, picture_for: Callable[[str, str], tuple[Scene, dict[str, Any], Callable[[], Image.Image]]],
+    save: Callable[[Image.Image, int], str], label: str,
+) -> tuple[list[dict], list[dict]]:
+    """`n` questions, kinds in turn, answers balanced within each kind, and their answer key.
+
+    `picture_for(kind, answer)` gives a scene for which the `kind` question answers `answer`, the
+    `ask` arguments that make it so, and a function drawing the picture; `save(image, i)` stores
+    picture i and returns its path relative to the image folder.
+    """
     questions, key = [], []
     kinds = list(QUESTION_KINDS)
     for i in range(n):
         kind = kinds[i % len(kinds)]
         answers = QUESTION_KINDS[kind].answers
         answer = answers[(i // len(kinds)) % len(answers)]
-        scene, arguments = scene_for(kind, answer, rng)
+        scene, arguments, draw = picture_for(kind, answer)
         question, short, _ = ask(kind, scene, rng, **arguments)
         if short != answer:
-            raise AssertionError(f"held-out {kind} question {i} answers {short!r}, not {answer!r}")
-        image = save_image(draw_scene(scene, rng), root, f"eval/{i:04d}.png")
+            raise AssertionError(f"{label} {kind} question {i} answers {short!r}, not {answer!r}")
+        image = save(draw(), i)
         questions.append({"question_id": i, "image": image, "text": f"{question}\n{SHORT_ANSWER}", "category": kind})
         key.append({"question_id": i, "answer": answer, "category": kind})
     return questions, key
+
+
+def eval_questions(rng: random.Random, root: str, n: int) -> tuple[list[dict], list[dict]]:
+    """`n` held-out questions about pictures of this generator (`balanced_questions`)."""
+
+    def picture_for(kind: str, answer: str) -> tuple[Scene, dict[str, Any], Callable[[], Image.Image]]:
+        scene, arguments = scene_for(kind, answer, rng)
+        return scene, arguments, lambda: draw_scene(scene, rng)
+
+    return balanced_questions(rng, n, picture_for, lambda image, i: save_image(image, root, f"eval/{i:04d}.png"), "held-out")
 
 
 def write_json(path: str, data: Any) -> None:
