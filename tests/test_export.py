@@ -306,3 +306,14 @@ def test_auto_dtype_is_the_checkpoints_own(tmp_path, siglip_tower, stored, expec
     config.dtype = stored
     config.save_pretrained(tmp_path)
     assert checkpoint_dtype(str(tmp_path), "phi-2") == expected
+
+
+def test_gguf_without_the_gguf_package_says_what_to_install(tmp_path, in_fixture_root, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"pip install 'bunny\[export\]'"):
+        export(ExportRequest(model_path="checkpoints/bunny-phi-2-siglip-full", model_type="phi-2",
+                             output_dir=str(tmp_path / "out"), format="gguf"))
+    assert not (tmp_path / "out").exists()

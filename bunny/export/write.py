@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from typing import Any
@@ -56,6 +57,8 @@ def export(request: ExportRequest, overwrite: bool = False) -> str:
 
     if request.format not in FORMATS:
         raise ValueError(f"unknown export format {request.format!r}; choose one of {', '.join(FORMATS)}")
+    if request.format == "gguf" and importlib.util.find_spec("gguf") is None:
+        raise ValueError("--format gguf writes the mmproj file with the gguf package: pip install 'bunny[export]'")
     target = "a transformers Llava model" if request.format == "hf-llava" else "llama.cpp's CLIP (mmproj) format"
     check_exportable(read_config(request.model_path, request.model_type), target)  # before any weight is read
     dtype = checkpoint_dtype(request.model_path, request.model_type) if request.dtype == "auto" else getattr(torch, request.dtype)
