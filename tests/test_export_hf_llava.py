@@ -59,6 +59,7 @@ def bunny_side(checkpoint: Path, model_type: str, eos: list[int]) -> dict:
     return dict(
         prompt=conv.get_prompt(), ids=ids[0].tolist(), pixels=pixels, logits=logits,
         new_tokens=out[0, ids.shape[1] :].tolist(), vocab=len(tokenizer), image_tokens=model.image_token_count,
+        image_mean=processor.image_mean,
     )
 
 
@@ -110,6 +111,8 @@ def test_llava_reads_what_bunny_computes(exported, model_type, tower):
     assert llava["model_class"] == "LlavaForConditionalGeneration"
     assert llava["image_processor_class"] == "LlavaImageProcessorPil"
     assert llava["missing_keys"] == []
+    image_processor = json.loads((case["directory"] / "preprocessor_config.json").read_text())  # for transformers 4.x
+    assert image_processor["do_pad"] is True and image_processor["image_mean"] == list(bunny["image_mean"])
     # Llava's head has no bias; phi's zero bias is there for vLLM's phi.
     assert llava["unexpected_keys"] == (["lm_head.bias"] if model_type.startswith("phi-") and model_type != "phi-3" else [])
 

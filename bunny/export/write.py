@@ -128,6 +128,9 @@ def write_hf_llava(model: Any, tokenizer: Any, template: str, directory: str) ->
     _save_weights(llava_weights(model, image_id + 1), directory, model.dtype)
     config.save_pretrained(directory)
     processor.save_pretrained(directory)
+    # preprocessor_config.json too: what transformers 4.x (and engines pinned to it) read the image
+    # processor from; transformers 5 reads processor_config.json
+    processor.image_processor.save_pretrained(directory)
     generation_config(model, tokenizer, template, suppress=[image_id]).save_pretrained(directory)
     return {"image_token_id": image_id, "image_seq_length": config.image_seq_length}
 
