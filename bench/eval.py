@@ -68,6 +68,7 @@ from inference import (  # noqa: E402
     cpu_name,
     save_random_siglip_tower,
     stdout_to_stderr,
+    train_bpe_tokenizer,
 )
 
 from bunny.conversation import SYSTEM  # noqa: E402
@@ -105,8 +106,7 @@ def load_tokenizer(directory: Path, vocab_size: int) -> Any:
     """A byte-level BPE tokenizer of exactly `vocab_size` ids (pad 0, bos 1, eos 2 as the model's
     config; every id the model can say decodes to something) that knows the template's and the
     questions' words as single tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     rng = random.Random(0)
     texts = [SYSTEM, INSTRUCTION, "USER: ASSISTANT:"] * 200
@@ -114,21 +114,7 @@ def load_tokenizer(directory: Path, vocab_size: int) -> Any:
     # made-up words, less frequent than the real ones, so that merges fill every id the model can say
     letters = "etaoinshrdlucmfwypvbgkqjxz"
     texts += [" ".join("".join(rng.choices(letters, k=rng.randint(2, 7))) for _ in range(40)) for _ in range(300)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    bpe.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="<|endoftext|>"
-    )
-    if len(tokenizer) != vocab_size or tokenizer.eos_token_id != EOS_ID:
-        raise RuntimeError(
-            f"the benchmark's tokenizer has {len(tokenizer)} ids, not {vocab_size}, and eos {tokenizer.eos_token_id}"
-        )
+    tokenizer = train_bpe_tokenizer(texts, vocab_size)
     tokenizer.save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
 

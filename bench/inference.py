@@ -191,6 +191,27 @@ def build_model(
     return model.to(dtype).eval()
 
 
+def train_bpe_tokenizer(texts: list[str], vocab_size: int, exact: bool = True) -> Any:
+    """A byte-level BPE tokenizer trained on `texts` with pad 0, bos 1, eos 2 as the benchmark
+    models' configs, and `vocab_size` ids (at most that many unless `exact`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="<|endoftext|>")
+    size_wrong = len(tokenizer) != vocab_size if exact else len(tokenizer) > vocab_size
+    if size_wrong or tokenizer.eos_token_id != EOS_ID:
+        raise RuntimeError(f"the benchmark's tokenizer has {len(tokenizer)} ids (wanted {vocab_size}) and eos {tokenizer.eos_token_id}")
+    return tokenizer
+
+
 # -- inputs ----------------------------------------------------------------------------------------
 
 

@@ -48,7 +48,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from inference import EOS_ID, WORKLOADS, Workload, build_model, save_random_siglip_tower, stdout_to_stderr  # noqa: E402
+from inference import (  # noqa: E402
+    EOS_ID,
+    WORKLOADS,
+    Workload,
+    build_model,
+    save_random_siglip_tower,
+    stdout_to_stderr,
+    train_bpe_tokenizer,
+)
 
 from bunny.serve.launch import free_port, wait_until_up  # noqa: E402
 
@@ -58,23 +66,10 @@ WORDS = "red green blue circle square triangle left right middle picture shape c
 
 
 def save_tokenizer(directory: Path, vocab_size: int) -> None:
-    """A byte-level BPE tokenizer with exactly `vocab_size` ids; pad 0, bos 1, eos 2 as the model's config."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    """A byte-level BPE tokenizer with at most `vocab_size` ids; pad 0, bos 1, eos 2 as the model's config."""
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) + rng.choice(["", "s", "ing", "ed"]) for _ in range(40)) for _ in range(2000)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    bpe.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="<|endoftext|>")
-    if len(tokenizer) > vocab_size or tokenizer.eos_token_id != EOS_ID:
-        raise RuntimeError(f"tokenizer has {len(tokenizer)} ids, eos {tokenizer.eos_token_id}")
+    tokenizer = train_bpe_tokenizer(texts, vocab_size, exact=False)
     tokenizer.save_pretrained(directory)
 
 
