@@ -49,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from inference import (  # noqa: E402
-    EOS_ID,
     WORKLOADS,
     Workload,
     build_model,
