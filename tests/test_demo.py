@@ -44,6 +44,7 @@ def test_metrics_show_a_model_that_sees(demo):
     assert 0 <= metrics["foreign_accuracy"] <= 1
     assert metrics["model_type"] == "phi-2"
     assert set(metrics["timings_s"]) == {"data", "stand-ins", "pretrain", "finetune", "merge", "evaluate", "chat"}
+    assert set(metrics["tower_patch_accuracy"]) == {"kind", "colour", "third", "count"}
 
 
 def test_every_stage_loss_falls(demo):

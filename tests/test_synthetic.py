@@ -4,7 +4,9 @@ pictures show (checked from the pixels, independently of the generator's own boo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -57,10 +59,50 @@ def test_training_files_load_in_the_training_format(data):
             assert [t["from"] for t in sample["conversations"]] == ["human", "gpt"] * (len(values) // 2)
 
 
-def test_pictures_vary_in_size_and_shape(data):
+def test_pictures_vary_in_size_shape_background_and_drawing(data):
     sizes = {Image.open(p).size for p in (data / "images" / "pretrain").iterdir()}
     assert len(sizes) > 10
     assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)
+    layouts = list(synthetic.read_layouts(str(data / "layouts.json")).values())
+    assert min(max(p.size) for p in layouts) < 100 < 200 < max(max(p.size) for p in layouts)
+    assert any(max(p.background) < 80 for p in layouts) and any(min(p.background) > 190 for p in layouts)
+    assert any(p.noise for p in layouts) and any(not p.noise for p in layouts)
+    shapes = [s for p in layouts for s in p.shapes]
+    assert any(s.outline for s in shapes) and any(not s.outline for s in shapes)
+    assert len({s.shade for s in shapes}) > len(synthetic.COLOURS)
+    assert any(len({i.position for i in p.scene}) < len(p.shapes) for p in layouts)  # two shapes in one third
+    radii = [s.radius / min(p.size) for p in layouts for s in p.shapes]
+    assert min(radii) < 0.14 and max(radii) > 0.24
+
+
+def test_layouts_are_the_pictures_and_captions_they_belong_to(data):
+    layouts = synthetic.read_layouts(str(data / "layouts.json"))
+    captions = json.loads((data / "captions.json").read_text())
+    assert set(layouts) == set(captions)
+    for picture, layout in layouts.items():
+        assert layout.scene == synthetic.parse_caption(captions[picture])
+        image = Image.open(data / "images" / picture).convert("RGB")
+        assert image.size == layout.size
+        for shape in layout.shapes:
+            if not shape.outline:  # the centre of a filled shape has its shade
+                assert image.getpixel((int(shape.x), int(shape.y))) == shape.shade
+
+
+def test_shapes_are_placed_in_their_third_inside_the_canvas_apart():
+    rng = random.Random(5)
+    for _ in range(300):
+        scene = synthetic.random_scene(rng)
+        picture = synthetic.place(scene, rng)
+        width, height = picture.size
+        assert picture.scene == scene
+        assert synthetic.CANVAS_SIDE[0] <= max(width, height) <= synthetic.CANVAS_SIDE[1]
+        assert synthetic.ASPECT[0] - 0.02 <= width / height <= synthetic.ASPECT[1] + 0.02
+        for shape in picture.shapes:
+            assert shape.radius <= shape.x <= width - shape.radius and shape.radius <= shape.y <= height - shape.radius
+            assert min(abs(shape.x - width * k / 3) for k in (1, 2)) >= synthetic.BORDER_CLEARANCE * width
+            assert shape.radius >= synthetic.SMALLEST_RADIUS
+        for a, b in itertools.combinations(picture.shapes, 2):
+            assert math.dist((a.x, a.y), (b.x, b.y)) > a.radius + b.radius
 
 
 def colours_in(image: Image.Image, shades: dict[str, tuple[tuple[int, int, int], ...]], least: int) -> set[str]:
@@ -92,7 +134,7 @@ def check_key_against_pixels(root: Path, questions: list[dict], key: dict, colou
             assert colours(image.crop(third)), question
 
 
-GENERATOR_SHADES = {name: (rgb,) for name, rgb in synthetic.COLOURS.items()}
+GENERATOR_SHADES = synthetic.SHADES
 
 
 def test_answer_key_is_what_the_pictures_show(data):

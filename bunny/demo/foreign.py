@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
-from bunny.demo.synthetic import COLOURS, POSITIONS, SHAPES, Item, Scene, balanced_questions
+from bunny.demo.synthetic import COLOURS, SHAPES, Picture, Placed, Scene, balanced_questions
 
 PALETTE: dict[str, tuple[tuple[int, int, int], ...]] = {
     "red": ((196, 18, 38), (246, 84, 66)),
@@ -38,33 +37,6 @@ BACKGROUNDS = ((255, 255, 255), (250, 246, 232), (228, 238, 250), (214, 214, 214
 CANVASES = ((48, 48), (64, 64), (96, 96), (128, 128), (64, 128), (128, 64), (48, 96), (96, 48), (80, 120), (120, 80))
 LAYOUTS = ("stack", "row", "scatter")
 BORDER_CLEARANCE = 0.06  # a centre is at least this share of the width away from a third's border
-
-
-@dataclass(frozen=True)
-class Placed:
-    """A shape as drawn: what it is, where its centre is, its radius (px), and how it is drawn."""
-
-    shape: str
-    colour: str
-    x: float
-    y: float
-    radius: float
-    shade: tuple[int, int, int]
-    outline: int  # line width in px; 0: filled
-
-
-@dataclass(frozen=True)
-class Picture:
-    size: tuple[int, int]
-    background: tuple[int, int, int]
-    shapes: tuple[Placed, ...]
-
-    @property
-    def scene(self) -> Scene:
-        """What the questions ask about: each shape with the third of the width its centre is in."""
-        third = self.size[0] / 3
-        items = [Item(p.shape, p.colour, POSITIONS[min(2, int(p.x // third))]) for p in self.shapes]
-        return tuple(sorted(items, key=lambda item: POSITIONS.index(item.position)))
 
 
 def _clear_of_borders(x: float, width: int) -> bool:

@@ -3,21 +3,24 @@
 No model hub is reachable on a fresh machine, so the demo makes its own:
 - a byte-level BPE tokenizer trained with `tokenizers` on the data set's text (GPT-2 style, as
   phi-2's: no BOS, `<|endoftext|>` as eos/unk);
-- a SigLIP vision tower (`SiglipVisionModel` + its image processor), pretrained so that each patch
-  of the features Bunny reads (the second-to-last layer) names the shape over it: its kind, colour
-  and column (`patch_targets`), and how many shapes the picture holds; those features centred
-  (`centre_penultimate_features`);
+- a SigLIP vision tower (`SiglipVisionModel` + its image processor; 96 px, 6 x 6 patches of 16),
+  pretrained on the training pictures' layouts so that each patch of the features Bunny reads (the
+  second-to-last layer) names the shape covering it: its kind, colour and third (`patch_targets`,
+  from masks drawn with the pictures' own geometry, `patch_coverage`), and how many shapes the
+  picture holds; those features centred (`centre_penultimate_features`);
 - a phi-2-architecture LLM (`PhiForCausalLM`), pretrained with the causal LM loss on the answers of
-  the data set's conversations and captions, each picture written as one made-up word per shape
-  (`scene_words`: "redcircleleft bluesquareright"), first in a short form without the template,
-  then rendered in the `bunny` and `plain` templates (`llm_curriculum`).
+  the data set's conversations and captions, each picture written as one made-up word per image
+  token (`patch_words`: "redcircleleft" where a patch shows that shape, "emptytwo" where it shows
+  none in a picture of two shapes), first in a short form without the template, then rendered in
+  the `bunny` and `plain` templates (`llm_curriculum`).
 
-Why these choices: a picture reaches the LLM as a few tokens that each carry one whole shape, so the
-LLM learns, on text, to answer by finding the token of the shape a question names, the skill it
-needs for the projected patches; a shape written as three words ("a red circle") would need a
-binding across tokens that a 4-layer model learns far too slowly for the demo. The short form first
-and a larger initialisation (`LLMSpec.initializer_range`) let that lookup form in a few hundred
-steps; on the full template alone it stalls at naming any shape of the picture.
+Why these choices: a picture reaches the LLM as 36 tokens that each carry what one patch shows, so
+the LLM learns, on text of that same form, to answer by finding the tokens of the shape a question
+names (and the count that every empty patch carries), the skill it needs for the projected patches;
+a shape written as three words ("a red circle") would need a binding across tokens that a 4-layer
+model learns far too slowly for the demo. The short form first and a larger initialisation
+(`LLMSpec.initializer_range`) let that lookup form in a few hundred steps; on the full template
+alone it stalls at naming any shape of the picture.
 
 Each is saved as an ordinary local model directory that `from_pretrained` reads, so the rest of the
 pipeline runs exactly as it would on `microsoft/phi-2` and `google/siglip-so400m-patch14-384`.
@@ -33,24 +36,24 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from bunny.constants import DEFAULT_IMAGE_TOKEN
 from bunny.data.preprocess import Segment, encode_with_offsets, render_segments, segment_labels, training_template
-from bunny.demo.synthetic import COLOURS, POSITIONS, SHAPES, Item, Scene
+from bunny.demo.synthetic import COLOURS, POSITIONS, SHAPES, Item, Picture, draw_shape, position_of
 from bunny.util.images import process_images
 from bunny.util.tokens import pad_token_ids
 
 EOS = "<|endoftext|>"
-BACKGROUND_MEAN = 0.94  # bunny.demo.synthetic draws on (233..245) grey
+MEAN = 0.5  # the tower processor's mean and std
 
 
 @dataclass(frozen=True)
 class TowerSpec:
     image_size: int = 96
-    patch_size: int = 32  # 3 x 3 image tokens, about one per shape
+    patch_size: int = 16  # 6 x 6 image tokens
     hidden_size: int = 128
     intermediate_size: int = 256
     num_layers: int = 4
@@ -125,26 +128,45 @@ def _train(model: torch.nn.Module, loss: Any, batches: list[list[int]], lr: floa
     return losses
 
 
-def patch_targets(pixels: torch.Tensor, scene: Scene, patch_size: int) -> torch.Tensor:
-    """What each patch of a processed picture (`[3, S, S]`, normalised as the tower's processor does)
-    learns to name: the shape covering most of it, as its kind, colour and column (0 = background,
-    else 1 + index in SHAPES, COLOURS, POSITIONS), and the picture's number of shapes. `[P, 4]`.
+SUPERSAMPLE = 4  # masks are drawn at this multiple of the tower's resolution, then averaged per patch
 
-    Colours never repeat within a picture, so a pixel's colour says which shape it belongs to.
-    """
-    rgb = pixels * 0.5 + BACKGROUND_MEAN  # [3, S, S] back in [0, 1]
+
+def patch_coverage(picture: Picture, spec: TowerSpec) -> torch.Tensor:
+    """The share of each patch that each shape of `picture` covers, once Bunny has padded the picture
+    to a centred square (image_aspect_ratio "pad") and the processor has resized it: `[shapes, P]`."""
+    width, height = picture.size
+    side = max(width, height)
+    resolution = spec.image_size * SUPERSAMPLE
+    scale = resolution / side
+    offset = ((side - width) // 2 * scale, (side - height) // 2 * scale)  # as expand2square pastes it
     coverage = []
-    for item in scene:
-        colour = torch.tensor(COLOURS[item.colour], dtype=rgb.dtype)[:, None, None] / 255
-        mask = ((rgb - colour).abs().amax(dim=0) < 0.15).to(rgb.dtype)  # [S, S]
-        coverage.append(F.avg_pool2d(mask[None, None], patch_size).flatten())  # [P]
-    share, which = torch.stack(coverage).max(dim=0)  # [P]: the largest share of each patch, and whose
+    for shape in picture.shapes:
+        mask = Image.new("L", (resolution, resolution), 0)
+        draw_shape(ImageDraw.Draw(mask), shape, 255, scale, offset)
+        pixels = torch.frombuffer(bytearray(mask.tobytes()), dtype=torch.uint8).view(1, 1, resolution, resolution)
+        coverage.append(F.avg_pool2d(pixels.float() / 255, spec.patch_size * SUPERSAMPLE).flatten())
+    return torch.stack(coverage)
+
+
+def patch_targets(picture: Picture, spec: TowerSpec) -> torch.Tensor:
+    """What each patch of the processed picture learns to name: the shape covering most of it (if at
+    least 8% of it), as its kind, colour and third (0 = background, else 1 + index in SHAPES,
+    COLOURS, POSITIONS), and the picture's number of shapes minus one. `[P, 4]`. A shape that so
+    names no patch (a small one beside a larger one) takes the patch it covers most."""
+    coverage = patch_coverage(picture, spec)  # [n, P]
+    share, which = coverage.max(dim=0)  # [P]: the largest share of each patch, and whose
+    shown = share >= 0.08
+    for k, best in enumerate(coverage.argmax(dim=1).tolist()):
+        if not (shown & (which == k)).any():
+            which[best], shown[best] = k, True
+    width = picture.size[0]
     names = torch.tensor([
-        [SHAPES.index(i.shape) + 1, list(COLOURS).index(i.colour) + 1, POSITIONS.index(i.position) + 1] for i in scene
+        [SHAPES.index(p.shape) + 1, list(COLOURS).index(p.colour) + 1, POSITIONS.index(position_of(p, width)) + 1]
+        for p in picture.shapes
     ])  # [n, 3]
     targets = torch.zeros(len(share), 4, dtype=torch.long)
-    targets[:, :3] = torch.where((share >= 0.08)[:, None], names[which], 0)
-    targets[:, 3] = len(scene) - 1
+    targets[:, :3] = torch.where(shown[:, None], names[which], 0)
+    targets[:, 3] = len(picture.shapes) - 1
     return targets
 
 
@@ -153,20 +175,22 @@ PATCH_CLASSES = (len(SHAPES) + 1, len(COLOURS) + 1, len(POSITIONS) + 1, 3)  # ki
 
 def pretrain_tower(
     images: Sequence[Image.Image],
-    scenes: Sequence[Scene],
+    targets: torch.Tensor,
     output_dir: str,
     spec: TowerSpec = TowerSpec(),
-    steps: int = 600,
+    steps: int = 4000,
     batch_size: int = 64,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     seed: int = 0,
-) -> list[float]:
+    held_out: float = 0.05,
+) -> TowerTraining:
     """Train a SigLIP vision tower to name, at each patch of its second-to-last layer, the shape
-    there (`patch_targets`); save it with its processor.
+    there (`targets[i]`: `patch_targets` of picture i); save it with its processor.
 
     One linear classifier per target reads every patch (dropped afterwards), the way a downloaded
     tower comes pretrained on labelled pictures. The tower's last layer, which Bunny does not use,
-    is left as initialised.
+    is left as initialised. The last `held_out` share of the pictures is kept out of training to
+    measure the classifiers' accuracy.
     """
     from transformers import SiglipVisionConfig, SiglipVisionModel
     from transformers.models.siglip import SiglipImageProcessorPil
@@ -178,28 +202,58 @@ def pretrain_tower(
     )
     tower = SiglipVisionModel(config)
     heads = torch.nn.ModuleList(torch.nn.Linear(spec.hidden_size, n) for n in PATCH_CLASSES)
-    # The mean is the pictures' background colour: background and the padding Bunny adds around a
-    # picture (in the mean colour) both normalise to about zero, so the shapes stand out.
+    # Bunny pads a picture to a square in the processor's mean colour: mid grey, unlike any background.
     processor = SiglipImageProcessorPil(
-        size={"height": spec.image_size, "width": spec.image_size}, image_mean=[BACKGROUND_MEAN] * 3, image_std=[0.5] * 3
+        size={"height": spec.image_size, "width": spec.image_size}, image_mean=[MEAN] * 3, image_std=[MEAN] * 3
     )
     # Pictures are padded to a square the way Bunny feeds them (image_aspect_ratio "pad").
     pixels = process_images(images, processor, SimpleNamespace(image_aspect_ratio="pad"))  # [N, 3, S, S]
-    targets = torch.stack([patch_targets(x, scene, spec.patch_size) for x, scene in zip(pixels, scenes)])  # [N, P, 4]
+    if targets.shape != (len(images), (spec.image_size // spec.patch_size) ** 2, len(PATCH_CLASSES)):
+        raise ValueError(f"targets of shape {tuple(targets.shape)} do not fit {len(images)} pictures of {spec}")
 
     def loss(batch: list[int]) -> torch.Tensor:
         features = tower(pixel_values=pixels[batch], output_hidden_states=True).hidden_states[-2]  # [B, P, C]
-        return sum(
-            F.cross_entropy(head(features).flatten(0, 1), targets[batch, :, i].flatten()) for i, head in enumerate(heads)
-        )
+        wanted = targets[batch]  # [B, P, 4]
+        shown = wanted[..., 0] > 0  # the patches that show a shape: a minority, and what the questions are about
+        total = torch.zeros(())
+        for i, head in enumerate(heads):
+            logits = head(features)
+            total = total + F.cross_entropy(logits.flatten(0, 1), wanted[..., i].flatten())
+            if i < 3:  # kind, colour and third once more over the patches that show a shape
+                total = total + F.cross_entropy(logits[shown], wanted[..., i][shown])
+        return total
 
     model = torch.nn.ModuleList([tower, heads])
-    losses = _train(model, loss, _batches(len(images), batch_size, steps, seed), lr, "vision tower (shapes per patch)")
+    trained = len(images) - int(held_out * len(images))
+    losses = _train(model, loss, _batches(trained, batch_size, steps, seed), lr, "vision tower (shapes per patch)")
+    accuracy = patch_accuracy(tower, heads, pixels[trained:], targets[trained:])
 
     centre_penultimate_features(tower, pixels[:512])
     tower.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    return losses
+    return TowerTraining(losses, accuracy)
+
+
+@dataclass(frozen=True)
+class TowerTraining:
+    losses: list[float]  # of every step
+    accuracy: dict[str, float]  # of each classifier on the held-out pictures (`patch_accuracy`)
+
+
+@torch.no_grad()
+def patch_accuracy(tower: Any, heads: Any, pixels: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """The share of patches each classifier names right: kind, colour and third over the patches that
+    show a shape, count over all; {} without pictures."""
+    if not len(pixels):
+        return {}
+    tower.eval()
+    features = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    shown = targets[..., 0] > 0
+    accuracy = {}
+    for i, (name, head) in enumerate(zip(("kind", "colour", "third", "count"), heads)):
+        right = head(features).argmax(-1) == targets[..., i]
+        accuracy[name] = round((right if name == "count" else right[shown]).float().mean().item(), 4)
+    return accuracy
 
 
 @torch.no_grad()
@@ -217,13 +271,30 @@ def centre_penultimate_features(tower: Any, pixels: torch.Tensor) -> None:
     tower.encoder.layers[-2].mlp.fc2.bias -= features.mean(dim=(0, 1))
 
 
-def scene_words(scene: Scene) -> str:
-    """A picture as the stand-in LLM reads it in its pretraining text: one made-up word per shape."""
-    return " ".join(f"{item.colour}{item.shape}{item.position}" for item in scene)
+EMPTY_WORDS = ("emptyone", "emptytwo", "emptythree")  # letters only: the byte-level pre-tokenizer splits digits off
 
 
-# Every word `scene_words` can write.
-SCENE_WORDS = tuple(scene_words((Item(s, c, p),)) for c in COLOURS for s in SHAPES for p in POSITIONS)
+def shape_word(item: Item) -> str:
+    return f"{item.colour}{item.shape}{item.position}"
+
+
+def patch_words(targets: torch.Tensor) -> str:
+    """A picture as the stand-in LLM reads it in its pretraining text: one made-up word per image
+    token, in the tower's patch order: the shape a patch shows (`shape_word`: "redcircleleft"), or,
+    for a patch without one, how many shapes the picture holds ("emptytwo"). `targets`: `[P, 4]`
+    (`patch_targets`)."""
+    colours = list(COLOURS)
+    words = []
+    for kind, colour, column, count in targets.tolist():
+        if kind:
+            words.append(shape_word(Item(SHAPES[kind - 1], colours[colour - 1], POSITIONS[column - 1])))
+        else:
+            words.append(EMPTY_WORDS[count])
+    return " ".join(words)
+
+
+# Every word `patch_words` can write.
+PATCH_WORDS = (*(shape_word(Item(s, c, p)) for c in COLOURS for s in SHAPES for p in POSITIONS), *EMPTY_WORDS)
 
 
 # A pretraining text: the segments of the training preprocessor, supervised where the loss looks.
@@ -254,19 +325,20 @@ def short_texts(conversations: Sequence[dict[str, str]], picture: str) -> list[T
 
 
 def llm_curriculum(
-    finetune: Sequence[dict[str, Any]], pretrain: Sequence[dict[str, Any]], scenes: dict[str, Scene]
+    finetune: Sequence[dict[str, Any]], pretrain: Sequence[dict[str, Any]], words: dict[str, str]
 ) -> tuple[list[Text], list[Text]]:
-    """The stand-in LLM's two pretraining stages from the demo's data (`scenes`: picture -> scene):
+    """The stand-in LLM's two pretraining stages from the demo's data (`words`: picture -> its
+    `patch_words`):
     short questions and captions first, then the conversations in the `bunny` template and the
     captions in `plain`, as the Bunny stages will show them."""
     short, full = [], []
     for sample in finetune:
-        picture = scene_words(scenes[sample["image"]]) if "image" in sample else ""
+        picture = words[sample["image"]] if "image" in sample else ""
         if picture:
             short += short_texts(sample["conversations"], picture)
         full.append(render_conversation(sample["conversations"], picture))
     for sample in pretrain:
-        picture = scene_words(scenes[sample["image"]])
+        picture = words[sample["image"]]
         short.append([Segment(picture + "\n", False), Segment(sample["conversations"][1]["value"] + EOS, True)])
         full.append(render_conversation(sample["conversations"], picture, "plain"))
     return short, full

@@ -4,9 +4,12 @@ Run as:
     python -m bunny.demo.synthetic --output-dir data/shapes [--seed 0] [--num-pretrain 3000]
         [--num-finetune 4000] [--num-eval 400] [--num-foreign 120] [--text-only-fraction 0.05]
 
-Each picture has a light background, a random size (96-192 px wide, aspect ratio 0.75-1.5) and one
-to three shapes. A picture is cut into three columns (left, middle, right); every shape is in a
-column of its own, and shapes and colours are never repeated within a picture. Written files:
+Each picture has a canvas of 40-256 px on its longer side with an aspect ratio between 1:2 and 2:1,
+a background that is white, a light or a dark flat colour, or a light colour with mild noise, and one
+to three shapes of distinct kinds and colours. A shape's radius is 10-28% of the canvas's shorter
+side; it is filled or (30%) outlined, in one of three shades of its colour name (`SHADES`), and its
+centre lies anywhere in one of the canvas's thirds (left, middle, right; clear of their borders),
+touching no other shape; two shapes may share a third. Written files:
 
     images/{pretrain,finetune,eval}/*.png, images/blank.png (a picture with no shape)
     pretrain.json          captions in the `plain` pretraining format
@@ -17,6 +20,8 @@ column of its own, and shapes and colours are never repeated within a picture. W
     eval/questions_foreign.jsonl, eval/answer_key_foreign.jsonl, images/foreign/*.png
                            a second held-out set drawn by a procedure of its own (`bunny.demo.foreign`)
     captions.json          {image: caption} for the training pictures (a text stand-in for each picture)
+    layouts.json           {image: its layout (`Picture`: canvas, background, each shape's geometry)}
+                           for the training pictures, what the stand-in tower is pretrained on
     text.txt               every text of the data set, one per line (for the stand-in tokenizer)
 
 The question kinds, their phrasings and answers are listed in `QUESTION_KINDS`. Held-out answers are
@@ -28,12 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from bunny.util.utils import atomic_write, write_jsonl
@@ -106,54 +113,173 @@ TEXT_ONLY = (
     ("How many corners does a triangle have?", "A triangle has 3 corners."),
     ("How many corners does a square have?", "A square has 4 corners."),
     ("How many corners does a circle have?", "A circle has no corners."),
-    ("How many shapes can a picture hold?", "From 1 to 3 shapes, each in a column of its own."),
+    ("How many shapes can a picture hold?", "From 1 to 3 shapes, of different kinds and colours."),
 )
 
 
 # -- scenes and pictures ---------------------------------------------------------------------------
+def shades(rgb: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
+    """The three shades a colour name is drawn in: itself, darker and lighter."""
+    return (rgb, tuple(round(v * 0.72) for v in rgb), tuple(round(v + (255 - v) * 0.35) for v in rgb))
+
+
+SHADES: dict[str, tuple[tuple[int, int, int], ...]] = {name: shades(rgb) for name, rgb in COLOURS.items()}
+RADIUS = (0.1, 0.28)  # a shape's radius, as a share of the canvas's shorter side
+SMALLEST_RADIUS = 5  # px
+CANVAS_SIDE = (40, 256)  # px, the longer side
+ASPECT = (0.5, 2.0)  # width / height
+BORDER_CLEARANCE = 0.03  # a centre is at least this share of the width away from a third's border
+OUTLINED = 0.3  # share of shapes drawn as an outline
+
+
 def random_scene(rng: random.Random, count: int | None = None) -> Scene:
+    """`count` (default 1 to 3) shapes of distinct kinds and colours, each in a random third."""
     count = count if count is not None else rng.randint(1, 3)
     shapes = rng.sample(SHAPES, count)
     colours = rng.sample(list(COLOURS), count)
-    positions = sorted(rng.sample(POSITIONS, count), key=POSITIONS.index)
-    return tuple(Item(s, c, p) for s, c, p in zip(shapes, colours, positions))
+    positions = [rng.choice(POSITIONS) for _ in range(count)]
+    items = (Item(s, c, p) for s, c, p in zip(shapes, colours, positions))
+    return tuple(sorted(items, key=lambda item: POSITIONS.index(item.position)))
 
 
-def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
-    height = rng.randint(96, 144)
-    width = min(192, max(96, int(height * rng.uniform(0.75, 1.5))))
-    background = tuple(v - rng.randint(0, 12) for v in BACKGROUND)
-    image = Image.new("RGB", (width, height), background)
-    draw = ImageDraw.Draw(image)
-    column = width / 3
-    for item in scene:
-        size = rng.uniform(0.55, 0.8) * min(column, height)
-        # near the middle of its column, so that the column is never in doubt
-        left = POSITIONS.index(item.position) * column + rng.uniform(0.2, 0.8) * (column - size)
-        top = rng.uniform(0, height - size)
-        box = (left, top, left + size, top + size)
-        colour = COLOURS[item.colour]
-        if item.shape == "circle":
-            draw.ellipse(box, fill=colour)
-        elif item.shape == "square":
-            draw.rectangle(box, fill=colour)
-        else:
-            draw.polygon([(left + size / 2, top), (left, top + size), (left + size, top + size)], fill=colour)
+@dataclass(frozen=True)
+class Placed:
+    """A shape as drawn: what it is, where its centre is, its radius (px), and how it is drawn."""
+
+    shape: str
+    colour: str
+    x: float
+    y: float
+    radius: float
+    shade: tuple[int, int, int]
+    outline: int  # line width in px; 0: filled
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture before it is drawn: canvas size, background (and the sigma of its noise), shapes."""
+
+    size: tuple[int, int]
+    background: tuple[int, int, int]
+    shapes: tuple[Placed, ...]
+    noise: float = 0.0
+
+    @property
+    def scene(self) -> Scene:
+        """What the questions ask about: each shape with the third of the width its centre is in."""
+        items = [Item(p.shape, p.colour, position_of(p, self.size[0])) for p in self.shapes]
+        return tuple(sorted(items, key=lambda item: POSITIONS.index(item.position)))
+
+
+def position_of(shape: Placed, width: int) -> str:
+    """The third of a canvas `width` wide that the centre of `shape` is in."""
+    return POSITIONS[min(2, int(3 * shape.x / width))]
+
+
+def random_background(rng: random.Random) -> tuple[tuple[int, int, int], float]:
+    """White, a light or a dark flat colour, or a light colour with mild noise: (colour, noise sigma)."""
+    kind = rng.choice(("white", "light", "dark", "noisy"))
+    if kind == "white":
+        return (255, 255, 255), 0.0
+    if kind == "light":
+        return tuple(rng.randint(200, 250) for _ in range(3)), 0.0
+    if kind == "dark":
+        return tuple(rng.randint(15, 70) for _ in range(3)), 0.0
+    return tuple(rng.randint(210, 245) for _ in range(3)), rng.uniform(3.0, 9.0)
+
+
+def _canvas(rng: random.Random) -> tuple[int, int]:
+    longer = rng.randint(*CANVAS_SIDE)
+    aspect = math.exp(rng.uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))  # width / height
+    return (longer, round(longer / aspect)) if aspect >= 1 else (round(longer * aspect), longer)
+
+
+def _centre(
+    column: int, radius: float, size: tuple[int, int], taken: list[tuple[float, float, float]], rng: random.Random
+) -> tuple[float, float] | None:
+    """A centre in third `column` (clear of the thirds' borders) for a shape of `radius` inside the
+    canvas and clear of the `taken` shapes (x, y, radius); None if 30 tries find none."""
+    width, height = size
+    low = max(radius, width * (column / 3 + BORDER_CLEARANCE) if column > 0 else 0)
+    high = min(width - radius, width * ((column + 1) / 3 - BORDER_CLEARANCE) if column < 2 else width)
+    if low > high or 2 * radius > height:
+        return None
+    for _ in range(30):
+        x, y = rng.uniform(low, high), rng.uniform(radius, height - radius)
+        if all(math.dist((x, y), (tx, ty)) > radius + tr + 2 for tx, ty, tr in taken):
+            return x, y
+    return None
+
+
+def place(scene: Scene, rng: random.Random) -> Picture:
+    """`scene` laid out on a random canvas: each shape of a random size, its centre anywhere in its
+    third (clear of the thirds' borders), inside the canvas and touching no other shape."""
+    while True:
+        size = _canvas(rng)
+        taken: list[tuple[float, float, float]] = []
+        for item in scene:
+            radius = rng.uniform(*RADIUS) * min(size)
+            centre = _centre(POSITIONS.index(item.position), radius, size, taken, rng) if radius >= SMALLEST_RADIUS else None
+            if centre is None:
+                break
+            taken.append((*centre, radius))
+        if len(taken) < len(scene):
+            continue
+        background, noise = random_background(rng)
+        shapes = tuple(
+            Placed(
+                item.shape, item.colour, x, y, radius, rng.choice(SHADES[item.colour]),
+                max(1, round(radius * rng.uniform(0.12, 0.25))) if rng.random() < OUTLINED else 0,
+            )
+            for item, (x, y, radius) in zip(scene, taken)
+        )
+        return Picture(size, background, shapes, noise)
+
+
+def draw_shape(pen: ImageDraw.ImageDraw, p: Placed, fill: Any, scale: float = 1.0, offset: tuple[float, float] = (0, 0)) -> None:
+    """Draw `p` in `fill` (outlined or filled as `p` says), its geometry scaled by `scale` and shifted
+    by `offset`: a circle, an axis-aligned square, or a point-up triangle with a flat base."""
+    x, y, r = offset[0] + p.x * scale, offset[1] + p.y * scale, p.radius * scale
+    style = {"outline": fill, "width": max(1, round(p.outline * scale))} if p.outline else {"fill": fill}
+    if p.shape == "circle":
+        pen.ellipse((x - r, y - r, x + r, y + r), **style)
+    elif p.shape == "square":
+        half = 0.88 * r
+        pen.rectangle((x - half, y - half, x + half, y + half), **style)
+    else:
+        pen.polygon([(x, y - r), (x - r, y + 0.85 * r), (x + r, y + 0.85 * r)], **style)
+
+
+def draw(picture: Picture, seed: int = 0) -> Image.Image:
+    """The picture: its background (noise seeded by `seed`), then its shapes."""
+    image = Image.new("RGB", picture.size, picture.background)
+    if picture.noise:
+        noise = np.random.default_rng(seed).normal(0.0, picture.noise, (picture.size[1], picture.size[0], 3))
+        image = Image.fromarray((np.asarray(image, dtype=np.float32) + noise).clip(0, 255).astype(np.uint8))
+    pen = ImageDraw.Draw(image)
+    for p in picture.shapes:
+        draw_shape(pen, p, p.shade)
     return image
+
+
+def draw_scene(scene: Scene, rng: random.Random) -> tuple[Image.Image, Picture]:
+    """A random picture of `scene`, and its layout."""
+    picture = place(scene, rng)
+    return draw(picture, rng.randrange(1 << 30)), picture
 
 
 # The pictures in the repository's images/ (the demo's chat, the web page's examples): scenes of this
 # world drawn as its training pictures are, so that the demo model is asked about what it learnt.
 EXAMPLE_PICTURES: dict[str, tuple[Scene, int]] = {  # file name -> (scene, drawing seed)
-    "shapes.png": ((Item("circle", "red", "left"), Item("triangle", "green", "middle"), Item("square", "blue", "right")), 7),
-    "shapes_tall.png": ((Item("circle", "yellow", "left"), Item("square", "purple", "right")), 10),
+    "shapes.png": ((Item("circle", "red", "left"), Item("triangle", "green", "middle"), Item("square", "blue", "right")), 129),
+    "shapes_tall.png": ((Item("circle", "yellow", "left"), Item("square", "purple", "right")), 120),
 }
 
 
 def draw_example(name: str) -> Image.Image:
     """The example picture `name` of `EXAMPLE_PICTURES`."""
     scene, seed = EXAMPLE_PICTURES[name]
-    return draw_scene(scene, random.Random(seed))
+    return draw_scene(scene, random.Random(seed))[0]
 
 
 def save_image(image: Image.Image, root: str, relative: str) -> str:
@@ -212,9 +338,7 @@ def scene_for(kind: str, answer: str, rng: random.Random) -> tuple[Scene, dict[s
         swap = {target.colour: answer, answer: target.colour}
         scene = tuple(Item(i.shape, swap.get(i.colour, i.colour), i.position) for i in scene)
     else:
-        # the target moves to the wanted column; the shape there, if any, to the target's column
-        swap = {target.position: answer, answer: target.position}
-        moved = (Item(i.shape, i.colour, swap.get(i.position, i.position)) for i in scene)
+        moved = (Item(i.shape, i.colour, answer) if i == target else i for i in scene)
         scene = tuple(sorted(moved, key=lambda i: POSITIONS.index(i.position)))
     return scene, {"subject": target.shape}
 
@@ -245,11 +369,19 @@ def chance_accuracy(categories: Sequence[str]) -> dict[str, Any]:
 
 
 # -- the data set ----------------------------------------------------------------------------------
-def pretrain_samples(rng: random.Random, root: str, n: int) -> list[dict[str, Any]]:
+def training_picture(scene: Scene, rng: random.Random, root: str, name: str, layouts: dict[str, Picture]) -> str:
+    """Draw and save a picture of `scene`; its layout goes into `layouts`. Returns its path."""
+    image, picture = draw_scene(scene, rng)
+    path = save_image(image, root, name)
+    layouts[path] = picture
+    return path
+
+
+def pretrain_samples(rng: random.Random, root: str, n: int, layouts: dict[str, Picture]) -> list[dict[str, Any]]:
     samples = []
     for i in range(n):
         scene = random_scene(rng)
-        image = save_image(draw_scene(scene, rng), root, f"pretrain/{i:05d}.png")
+        image = training_picture(scene, rng, root, f"pretrain/{i:05d}.png", layouts)
         samples.append({
             "id": f"pretrain-{i:05d}",
             "image": image,
@@ -269,9 +401,10 @@ def turn(question: str, short: str, sentence: str, rng: random.Random) -> tuple[
 
 
 def finetune_samples(
-    rng: random.Random, root: str, n: int, text_only_fraction: float, captions: dict[str, str]
+    rng: random.Random, root: str, n: int, text_only_fraction: float, captions: dict[str, str], layouts: dict[str, Picture]
 ) -> list[dict[str, Any]]:
-    """Conversations about pictures (and a few without one); each picture's caption goes into `captions`."""
+    """Conversations about pictures (and a few without one); each picture's caption goes into
+    `captions`, its layout into `layouts`."""
     samples = []
     for i in range(n):
         if rng.random() < text_only_fraction:
@@ -282,7 +415,7 @@ def finetune_samples(
             samples.append({"id": f"finetune-{i:05d}", "conversations": conversations})
             continue
         scene = random_scene(rng)
-        image = save_image(draw_scene(scene, rng), root, f"finetune/{i:05d}.png")
+        image = training_picture(scene, rng, root, f"finetune/{i:05d}.png", layouts)
         kinds = rng.sample(list(QUESTION_KINDS), rng.randint(2, 4))
         conversations = []
         for j, kind in enumerate(kinds):
@@ -326,7 +459,7 @@ def eval_questions(rng: random.Random, root: str, n: int) -> tuple[list[dict], l
 
     def picture_for(kind: str, answer: str) -> tuple[Scene, dict[str, Any], Callable[[], Image.Image]]:
         scene, arguments = scene_for(kind, answer, rng)
-        return scene, arguments, lambda: draw_scene(scene, rng)
+        return scene, arguments, lambda: draw_scene(scene, rng)[0]
 
     return balanced_questions(rng, n, picture_for, lambda image, i: save_image(image, root, f"eval/{i:04d}.png"), "held-out")
 
@@ -334,6 +467,19 @@ def eval_questions(rng: random.Random, root: str, n: int) -> tuple[list[dict], l
 def write_json(path: str, data: Any) -> None:
     with atomic_write(path) as f:
         json.dump(data, f, indent=1)
+
+
+def read_layouts(path: str) -> dict[str, Picture]:
+    """`layouts.json` as written by `generate`: {picture: its layout}."""
+    with open(path, encoding="utf-8") as f:
+        rows = json.load(f)
+    return {
+        image: Picture(
+            tuple(row["size"]), tuple(row["background"]),
+            tuple(Placed(**{**shape, "shade": tuple(shape["shade"])}) for shape in row["shapes"]), row["noise"],
+        )
+        for image, row in rows.items()
+    }
 
 
 def generate(
@@ -352,9 +498,12 @@ def generate(
         if number % len(QUESTION_KINDS):
             raise ValueError(f"{flag} must be a multiple of {len(QUESTION_KINDS)} (one question of each kind in turn)")
     # Independent streams, so changing one split's size leaves the others as they were.
-    pretrain = pretrain_samples(random.Random(f"{seed}-pretrain"), output_dir, num_pretrain)
+    layouts: dict[str, Picture] = {}
+    pretrain = pretrain_samples(random.Random(f"{seed}-pretrain"), output_dir, num_pretrain, layouts)
     captions = {s["image"]: s["conversations"][1]["value"] for s in pretrain}
-    finetune = finetune_samples(random.Random(f"{seed}-finetune"), output_dir, num_finetune, text_only_fraction, captions)
+    finetune = finetune_samples(
+        random.Random(f"{seed}-finetune"), output_dir, num_finetune, text_only_fraction, captions, layouts
+    )
     questions, key = eval_questions(random.Random(f"{seed}-eval"), output_dir, num_eval)
     foreign, foreign_key = foreign_questions(
         random.Random(f"{seed}-foreign"), lambda image, name: save_image(image, output_dir, name), num_foreign
@@ -371,11 +520,13 @@ def generate(
         "questions_foreign": os.path.join(output_dir, "eval", "questions_foreign.jsonl"),
         "answer_key_foreign": os.path.join(output_dir, "eval", "answer_key_foreign.jsonl"),
         "captions": os.path.join(output_dir, "captions.json"),
+        "layouts": os.path.join(output_dir, "layouts.json"),
         "text": os.path.join(output_dir, "text.txt"),
     }
     write_json(paths["pretrain"], pretrain)
     write_json(paths["finetune"], finetune)
     write_json(paths["captions"], captions)
+    write_json(paths["layouts"], {image: asdict(picture) for image, picture in layouts.items()})
     os.makedirs(os.path.dirname(paths["questions"]), exist_ok=True)
     write_jsonl(paths["questions"], questions)
     write_jsonl(paths["questions_blind"], [dict(q, image=BLANK_IMAGE) for q in questions])
