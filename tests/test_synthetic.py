@@ -88,6 +88,16 @@ def test_layouts_are_the_pictures_and_captions_they_belong_to(data):
                 assert image.getpixel((int(shape.x), int(shape.y))) == shape.shade
 
 
+def test_a_layout_file_that_is_not_ours_is_refused_by_name(data, tmp_path):
+    rows = json.loads((data / "layouts.json").read_text())
+    picture = sorted(rows)[3]
+    del rows[picture]["shapes"][0]["radius"]
+    broken = tmp_path / "layouts.json"
+    broken.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=f"{broken}: the entry of '{picture}' is not a layout"):
+        synthetic.read_layouts(str(broken))
+
+
 def test_shapes_are_placed_in_their_third_inside_the_canvas_apart():
     rng = random.Random(5)
     for _ in range(300):

@@ -470,16 +470,18 @@ def write_json(path: str, data: Any) -> None:
 
 
 def read_layouts(path: str) -> dict[str, Picture]:
-    """`layouts.json` as written by `generate`: {picture: its layout}."""
+    """`layouts.json` as written by `generate`: {picture: its layout}; an error names the file and
+    the picture whose entry is not a layout."""
     with open(path, encoding="utf-8") as f:
         rows = json.load(f)
-    return {
-        image: Picture(
-            tuple(row["size"]), tuple(row["background"]),
-            tuple(Placed(**{**shape, "shade": tuple(shape["shade"])}) for shape in row["shapes"]), row["noise"],
-        )
-        for image, row in rows.items()
-    }
+    layouts = {}
+    for image, row in rows.items():
+        try:
+            shapes = tuple(Placed(**{**shape, "shade": tuple(shape["shade"])}) for shape in row["shapes"])
+            layouts[image] = Picture(tuple(row["size"]), tuple(row["background"]), shapes, row["noise"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: the entry of {image!r} is not a layout written by generate ({error!r})") from None
+    return layouts
 
 
 def generate(
