@@ -4,6 +4,7 @@ shape the rest of the pipeline expects (phi-2-style tokenizer, SigLIP tower, phi
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -180,6 +181,12 @@ def test_patch_accuracy_counts_shape_patches_for_what_and_where_and_all_for_coun
     accuracy = stand_ins.patch_accuracy(Tower(), heads, torch.zeros(1, 4, 8), targets)
     assert accuracy == {"kind": 0.5, "colour": 1.0, "third": 1.0, "count": 0.75}
     assert stand_ins.patch_accuracy(Tower(), heads, torch.zeros(0, 4, 8), targets[:0]) == {}
+
+
+def test_tower_loss_stays_finite_on_pictures_without_shape_patches(world, tmp_path):
+    empty = torch.zeros_like(world["targets"])  # every patch background: the shape-patch terms are skipped
+    tower = stand_ins.pretrain_tower(world["images"], empty, str(tmp_path / "siglip"), TOWER, steps=2, batch_size=8)
+    assert all(math.isfinite(loss) for loss in tower.losses)
 
 
 def test_tower_loads_as_a_bunny_tower_with_centred_features(world, built):

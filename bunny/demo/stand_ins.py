@@ -219,7 +219,7 @@ def pretrain_tower(
         for i, head in enumerate(heads):
             logits = head(features)
             total = total + F.cross_entropy(logits.flatten(0, 1), wanted[..., i].flatten())
-            if i < 3:  # kind, colour and third once more over the patches that show a shape
+            if i < 3 and shown.any():  # kind, colour and third once more over the patches that show a shape
                 total = total + F.cross_entropy(logits[shown], wanted[..., i][shown])
         return total
 
