@@ -121,8 +121,8 @@ def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, see
         texts = f.read().splitlines()
     layouts = synthetic.read_layouts(data["layouts"])
     # What each image token of each training picture shows: the tower learns to see it, the LLM to read it.
-    pictures = sorted(layouts)
-    targets = torch.stack([stand_ins.patch_targets(layouts[p], stand_ins.TowerSpec()) for p in pictures])
+    pictures, spec = sorted(layouts), stand_ins.TowerSpec()
+    targets = torch.stack([stand_ins.patch_targets(layouts[p], spec) for p in pictures])
     words = {picture: stand_ins.patch_words(t) for picture, t in zip(pictures, targets)}
     curriculum = stand_ins.llm_curriculum(finetune, pretrain, words)
 
@@ -130,7 +130,7 @@ def make_stand_ins(data: dict[str, str], directory: str, settings: Settings, see
     rendered = ["".join(segment.text for segment in text) for stage in curriculum for text in stage]
     tokenizer = stand_ins.train_tokenizer(texts + rendered, llm_dir, words=stand_ins.PATCH_WORDS)
     images = [Image.open(os.path.join(data["image_folder"], picture)).convert("RGB") for picture in pictures]
-    tower = stand_ins.pretrain_tower(images, targets, tower_dir, steps=settings.tower_steps, seed=seed)
+    tower = stand_ins.pretrain_tower(images, targets, tower_dir, spec, steps=settings.tower_steps, seed=seed)
     print(f"vision tower, share of held-out patches named right: {tower.accuracy}", flush=True)
     llm_losses = stand_ins.pretrain_llm(curriculum, tokenizer, llm_dir, steps=settings.llm_steps, seed=seed)
     return {
