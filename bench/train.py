@@ -3,8 +3,10 @@
 Workload: the LLM and tower of bench/inference.py; batch 4, each row 300 ids with one image (555
 positions after the splice), labels masking the first 40 positions; frozen tower, trainable LLM
 and projector; AdamW (fused, training's default); no gradient checkpointing. `--dtype float32` trains in float32;
-`--dtype bfloat16` runs forward and backward under bfloat16 autocast with float32 weights and
-optimiser state, which is what `--bf16 True` does on a CPU. Reported:
+`--dtype bfloat16` does what `--bf16 True` does on a CPU (bunny/train/master_weights.py): a
+bfloat16 model, under autocast as the Trainer runs it, stepped through float32 master weights and
+optimiser state; the same run also times the Trainer's default without DeepSpeed (float32 weights
+under autocast) and reports the ratio. `--autocast-only` times that alone. Reported:
 
 - seconds per forward + backward step, and per full step with the optimiser;
 - the data pipeline's samples/s: `LazySupervisedDataset` + collator over a generated 1,000-sample
@@ -19,7 +21,7 @@ optimiser state, which is what `--bf16 True` does on a CPU. Reported:
 
 Every figure is the median over `--repeats` runs after one untimed warm-up, with the best run.
 
-Run as: python bench/train.py [--dtype bfloat16] [--repeats N] [--quick]
+Run as: python bench/train.py [--dtype bfloat16 [--autocast-only]] [--repeats N] [--quick]
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from bunny.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX  # noqa: E402
 from bunny.conversation import get_conv_template  # noqa: E402
 from bunny.data.dataset import DataCollatorForSupervisedDataset, LazySupervisedDataset  # noqa: E402
 from bunny.data.tokenizer import load_training_tokenizer  # noqa: E402
+from bunny.train.master_weights import with_master_weights  # noqa: E402
 
 ORIGINAL_SECONDS_PER_STEP = {"float32": 2.67, "bfloat16": 1.58}
 GOAL_SECONDS_PER_STEP = {"float32": 2.2, "bfloat16": 0.8}
@@ -111,44 +114,62 @@ def training_step_flops(workload, batch: int, ids: int) -> dict[str, int]:
     return {**counts, "total": sum(counts.values())}
 
 
-def training_step_times(args: argparse.Namespace, workload, tower_dir: Path) -> dict:
+def step_functions(args: argparse.Namespace, workload, tower_dir: Path, batch: dict, master_weights: bool):
+    """(forward + backward, full step with the optimiser) of one model built for the run's dtype;
+    bfloat16 with `master_weights` as `--bf16 True` trains on a CPU, else float32 weights."""
     model = build_model(workload, torch.float32, tower_dir, attn_implementation=None)
     model.train()
     model.get_vision_tower().requires_grad_(False)
     if args.dtype == "bfloat16":
         model.get_vision_tower().to(torch.bfloat16)  # frozen: runs in the compute dtype, as in training
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)  # training's default --optim adamw_torch_fused
-    generator = torch.Generator().manual_seed(0)
-    ids = 300 if not args.quick else 40
-    batch = make_batch(4, ids, 40 if not args.quick else 8, workload.vocab_size, workload.image_size, generator)
+    # training's default --optim adamw_torch_fused
+    if master_weights:
+        model.to(torch.bfloat16)
+        optimizer = with_master_weights(torch.optim.AdamW, [{"params": trainable}], lr=1e-5, fused=True)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
     autocast = (
         torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16" else contextlib.nullcontext()
     )
-    positions = ids - 1 + workload.image_tokens
 
     def forward_backward() -> None:
         with autocast:
             loss = model(**batch).loss
         loss.backward()
+        model.zero_grad(set_to_none=True)
 
     def full_step() -> None:
-        forward_backward()
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+
+    return forward_backward, full_step
+
+
+def training_step_times(args: argparse.Namespace, workload, tower_dir: Path) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    ids = 300 if not args.quick else 40
+    batch = make_batch(4, ids, 40 if not args.quick else 8, workload.vocab_size, workload.image_size, generator)
+    positions = ids - 1 + workload.image_tokens
+    master_weights = args.dtype == "bfloat16" and not args.autocast_only
+    functions = list(step_functions(args, workload, tower_dir, batch, master_weights))
+    if master_weights:  # the Trainer's default beside it, for the same-run ratio
+        functions += step_functions(args, workload, tower_dir, batch, master_weights=False)
 
     peaks = PeakTracker(matmul_shapes(workload, 4 * positions))
     rounds = 1 if args.quick else 3
     peaks.measure(rounds)  # around the workload: before and after it
-    # in turn, so that the machine's drift (AMX warming up, neighbours) hits both alike
-    fwd_bwd, step = alternating_runs(
-        [lambda: (forward_backward(), model.zero_grad(set_to_none=True)), full_step], args.repeats
-    )
+    # in turn, so that the machine's drift (AMX warming up, neighbours) hits all alike
+    fwd_bwd, step, *autocast_only = alternating_runs(functions, args.repeats)
     peaks.measure(rounds)
     flops = training_step_flops(workload, 4, ids)
     peak = peaks.peak(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
     step_median, fwd_bwd_median = statistics.median(step), statistics.median(fwd_bwd)
-    return {
+    result = {
         "positions_after_splice": positions,
         "forward_backward_s": ms_to_s(ms(fwd_bwd)),
         "step_s": ms_to_s(ms(step)),
@@ -164,6 +185,15 @@ def training_step_times(args: argparse.Namespace, workload, tower_dir: Path) -> 
         },
         "machine": peaks.report(),
     }
+    if autocast_only:
+        autocast_step = statistics.median(autocast_only[1])
+        result["float32_weights_under_autocast"] = {
+            "forward_backward_s": ms_to_s(ms(autocast_only[0])),
+            "step_s": ms_to_s(ms(autocast_only[1])),
+            "step_over_peak": round(flops["total"] / autocast_step / 1e9 / peak, 3),
+            "master_weights_speedup": round(autocast_step / step_median, 3),
+        }
+    return result
 
 
 def matmul_shapes(workload, tokens: int) -> list[tuple[int, int, int]]:
@@ -228,7 +258,10 @@ def data_pipeline(args: argparse.Namespace, workload, tower_dir: Path, directory
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="float32, or bfloat16 autocast")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="float32, or bfloat16 as --bf16 True trains on a CPU (bfloat16 model, float32 master weights)")
+    parser.add_argument("--autocast-only", action="store_true",
+                        help="with --dtype bfloat16: float32 weights under autocast (the Trainer's default), for comparison")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the workload uses 2)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -244,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {
         "benchmark": "train",
         "dtype": args.dtype,
+        "weights": "float32" if args.dtype == "float32" or args.autocast_only else "bfloat16, float32 masters",
         "threads": args.threads,
         "repeats": args.repeats,
         "cpu": cpu_name(),

@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     [
         ("inference.py", [], {"batch1_end_to_end_tokens_per_s", "prefill_forward_ms", "settings", "bare_llm", "efficiency", "machine"}),
         ("train.py", ["--repeats", "1"], {"training", "data_pipeline"}),
+        ("train.py", ["--repeats", "1", "--dtype", "bfloat16", "--skip-data"], {"training"}),
         ("serve.py", ["--rounds", "1", "--max-tokens", "6", "--max-tokens-spread", "3"], {"levels", "speedup_8_over_1"}),
     ],
 )
@@ -31,6 +32,8 @@ def test_a_benchmark_prints_only_its_json_result(script, extra, keys):
     if script == "train.py":
         assert {"model_flops_per_step", "efficiency", "machine"} <= set(result["training"])
         assert result["training"]["machine"]["matmul"]["float32"]["peak_gflops"] > 0
+        # bfloat16 trains as --bf16 does on a CPU, and times the autocast default beside it
+        assert ("float32_weights_under_autocast" in result["training"]) == ("bfloat16" in extra)
     if script == "serve.py":
         assert [level["clients"] for level in result["levels"]] == [1, 4, 8]
         assert all(level["completion_tokens"] > 0 for level in result["levels"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shlex
@@ -245,6 +246,33 @@ def test_full_finetune_with_unfrozen_tower(world, pretrained, tmp_path):
     torch.testing.assert_close(loaded, tower[key].to(loaded.dtype))
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_bf16_on_the_cpu_trains_a_bf16_model_through_float32_masters(world, pretrained, tmp_path, lora):
+    output = tmp_path / ("bunny-lora-phi-2-bf16" if lora else "bunny-phi-2-bf16")
+    extra = LORA if lora else ("--learning_rate", "1e-3", "--mm_projector_lr", "1e-2")
+    trainer = train(finetune_args(world, output, pretrained / "mm_projector.bin", "--bf16", "True", *extra, steps=2))
+    # Weights, activations and gradients in bfloat16, as under DeepSpeed; no float32 weight left.
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
+    masters = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert masters and {p.dtype for p in masters} == {torch.float32}
+    assert sorted({group["lr"] for group in trainer.optimizer.param_groups}) == ([1e-3] if lora else [1e-3, 1e-2])
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert len(masters) == len(trained)
+    # Each trained weight is its master rounded (the groups order them differently).
+    rounded = [m.to(torch.bfloat16) for m in masters]
+    assert all(any(r.shape == p.shape and torch.equal(r, p.detach()) for r in rounded) for p in trained)
+    state = torch.load(output / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert [t.dtype for t in state["master_weights"]] == [torch.float32] * len(masters)
+    assert all(math.isfinite(loss) for loss in losses(output))
+    if lora:
+        assert {t.dtype for t in state_of(output / "adapter_model.safetensors").values()} == {torch.bfloat16}
+        logits, _ = first_logits(output, world / "llm")
+    else:
+        assert state_of(output / "model.safetensors")["model.layers.0.mlp.fc1.weight"].dtype == torch.bfloat16
+        logits, _ = first_logits(output)
+    assert torch.isfinite(logits).all()
+
+
 def test_projector_lr_groups_and_frozen_parts(world, pretrained, tmp_path):
     from bunny.train.train import build_model
     from bunny.data.tokenizer import load_training_tokenizer
@@ -286,12 +314,14 @@ def test_seed_decides_the_new_weights_whatever_the_callers_random_state(world, p
         torch.testing.assert_close(states[1][key], states[0][key], atol=0, rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "full", "lora"])
+@pytest.mark.parametrize("stage", ["pretrain", "full", "lora", "full-bf16"])
 def test_resume_reaches_the_same_weights(world, pretrained, tmp_path, stage):
+    """A run resumed from its checkpoint ends with the weights of the run that went straight through
+    (with --bf16 on the CPU, only if the float32 master weights were saved and restored)."""
     def argv(output: Path) -> list[str]:
         if stage == "pretrain":
             return pretrain_args(world, output, steps=4)
-        extra = LORA if stage == "lora" else ("--learning_rate", "1e-3")
+        extra = {"lora": LORA, "full": ("--learning_rate", "1e-3"), "full-bf16": ("--learning_rate", "1e-3", "--bf16", "True")}[stage]
         return finetune_args(world, output, pretrained / "mm_projector.bin", *extra, "--group_by_modality_length", "True", steps=4)
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -299,7 +329,7 @@ def test_resume_reaches_the_same_weights(world, pretrained, tmp_path, stage):
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
     train(argv(resumed))
-    name = {"pretrain": "mm_projector.bin", "full": "model.safetensors", "lora": "adapter_model.safetensors"}[stage]
+    name = {"pretrain": "mm_projector.bin", "lora": "adapter_model.safetensors"}.get(stage, "model.safetensors")
     a, b = state_of(straight / name), state_of(resumed / name)
     assert a.keys() == b.keys()
     for key in a:

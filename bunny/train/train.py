@@ -44,6 +44,12 @@ def compute_dtype(args: TrainingArguments) -> torch.dtype:
     return torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else torch.float32
 
 
+def uses_master_weights(args: TrainingArguments) -> bool:
+    """`--bf16 True` on the CPU without DeepSpeed: a bfloat16 model stepped through float32 master
+    weights, as DeepSpeed does, instead of float32 weights under autocast (master_weights.py)."""
+    return args.bf16 and not args.deepspeed and args.bits == 16 and args.device.type == "cpu"
+
+
 # -- model ---------------------------------------------------------------------------------------
 def load_language_model(model_args: ModelArguments, args: TrainingArguments, backbone: Backbone, tokenizer: Any) -> nn.Module:
     """The LLM (or a merged Bunny model) as the Bunny class of its type, quantised when `--bits` says so."""
@@ -217,6 +223,10 @@ def train(argv: list[str] | None = None) -> BunnyTrainer:
 
     tokenizer = load_training_tokenizer(model_args.model_name_or_path, model_args.model_type, args.model_max_length, args.cache_dir)
     model = build_model(model_args, data_args, args, tokenizer)
+    master_weights = uses_master_weights(args)
+    if master_weights:
+        logger.info("training in bfloat16 with float32 master weights in the optimiser")
+        model.to(torch.bfloat16)
     bunny = model.get_base_model() if is_peft_model(model) else model
     logger.info("%s", describe_trainable(model))
     tower = bunny.get_vision_tower()
@@ -239,6 +249,7 @@ def train(argv: list[str] | None = None) -> BunnyTrainer:
         train_dataset=dataset,
         data_collator=DataCollatorForSupervisedDataset(tokenizer),
         tune_mm_mlp_adapter=model_args.tune_mm_mlp_adapter,
+        master_weights=master_weights,
     )
     resume = latest_checkpoint(args.output_dir)
     if resume:

@@ -4,6 +4,8 @@ What it changes, and why:
 - the modality-grouped sampler (`--group_by_modality_length`), seeded per epoch so that a resumed
   run replays the same data order;
 - a separate learning rate for the projector and an unfrozen tower (`--mm_projector_lr`);
+- with `master_weights`, an optimiser over float32 copies of bfloat16 weights (`--bf16 True` on the
+  CPU, see master_weights.py);
 - pretraining checkpoints keep the original's `config.json` + `mm_projector.bin` and also the
   optimiser, scheduler and RNG state, so pretraining resumes like every other stage (the
   original's could not);
@@ -25,6 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from bunny.constants import IGNORE_INDEX
 from bunny.data.samplers import LengthGroupedSampler
 from bunny.model.checkpoint_files import load_projector_weights, load_state_file
+from bunny.train.master_weights import with_master_weights
 from bunny.train.trainable import is_projector, non_lora_trainables, projector_state, save_bin
 
 logger = logging.getLogger(__name__)
@@ -38,9 +41,11 @@ def is_peft_model(model: Any) -> bool:
 
 
 class BunnyTrainer(Trainer):
-    def __init__(self, *args: Any, tune_mm_mlp_adapter: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tune_mm_mlp_adapter: bool = False, master_weights: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tune_mm_mlp_adapter = tune_mm_mlp_adapter
+        # bfloat16 weights stepped through float32 copies (bunny/train/master_weights.py)
+        self.master_weights = master_weights
         # Kept on the device: reading it back every step would stall the GPU.
         self.unsupervised_samples: torch.Tensor | int = 0
 
@@ -76,23 +81,35 @@ class BunnyTrainer(Trainer):
 
     # -- optimiser -------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
-        if self.optimizer is not None or self.args.mm_projector_lr is None:
+        if self.optimizer is not None or (self.args.mm_projector_lr is None and not self.master_weights):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
         named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        split = self.args.mm_projector_lr is not None
 
         def group(projector: bool, decayed: bool) -> dict[str, Any]:
             # An unfrozen tower learns at the projector's rate, as in the original.
-            params = [p for n, p in named if (is_projector(n) or "vision_tower" in n) == projector and (n in decay) == decayed]
+            params = [
+                p for n, p in named
+                if (split and (is_projector(n) or "vision_tower" in n)) == projector and (n in decay) == decayed
+            ]
             result: dict[str, Any] = {"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0}
             if projector:
                 result["lr"] = self.args.mm_projector_lr
             return result
 
-        groups = [group(False, True), group(False, False), group(True, True), group(True, False)]
+        groups = [g for g in (group(False, True), group(False, False), group(True, True), group(True, False)) if g["params"]]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        if self.master_weights:
+            if not isinstance(optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+                raise ValueError(
+                    f"--optim {self.args.optim} does not take parameter groups, so it cannot keep float32 master "
+                    "weights, which --bf16 True uses on the CPU; choose adamw_torch(_fused) or sgd, or train in float32"
+                )
+            self.optimizer = with_master_weights(optimizer_cls, groups, **optimizer_kwargs)
+        else:
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         if optimizer_cls.__name__ == "Adam8bit":
             import bitsandbytes
 
