@@ -273,6 +273,37 @@ def test_bf16_on_the_cpu_trains_a_bf16_model_through_float32_masters(world, pret
     assert torch.isfinite(logits).all()
 
 
+def test_master_weights_only_for_bf16_on_the_cpu_without_deepspeed():
+    """On a GPU, under DeepSpeed, with QLoRA or in float32 the Trainer's own mixed precision stays."""
+    from types import SimpleNamespace
+
+    from bunny.train.train import uses_master_weights
+
+    def args(**changes):
+        return SimpleNamespace(**{"bf16": True, "deepspeed": None, "bits": 16, "device": torch.device("cpu"), **changes})
+
+    assert uses_master_weights(args())
+    assert not uses_master_weights(args(device=torch.device("cuda", 0)))
+    assert not uses_master_weights(args(deepspeed="script/deepspeed/zero2.json"))
+    assert not uses_master_weights(args(bits=4))
+    assert not uses_master_weights(args(bf16=False))
+
+
+def test_bf16_on_the_cpu_refuses_an_optimiser_that_builds_its_own_groups(world, pretrained, tmp_path, monkeypatch):
+    from bunny.data.tokenizer import load_training_tokenizer
+    from bunny.train.train import build_model
+    from bunny.train.trainer import BunnyTrainer
+
+    argv = finetune_args(world, tmp_path / "x", pretrained / "mm_projector.bin", "--bf16", "True")
+    model_args, data_args, args = parse_args(argv)
+    model = build_model(model_args, data_args, args, load_training_tokenizer(model_args.model_name_or_path, "phi-2", 2048))
+    trainer = BunnyTrainer(model=model.to(torch.bfloat16), args=args, master_weights=True)
+    # as GaLore's handler does: the parameter groups come with the optimiser's arguments
+    monkeypatch.setattr(trainer, "get_optimizer_cls_and_kwargs", lambda *a: (torch.optim.AdamW, {"params": [], "lr": 1e-3}))
+    with pytest.raises(ValueError, match="builds its own parameter groups"):
+        trainer.create_optimizer()
+
+
 def test_projector_lr_groups_and_frozen_parts(world, pretrained, tmp_path):
     from bunny.train.train import build_model
     from bunny.data.tokenizer import load_training_tokenizer

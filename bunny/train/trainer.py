@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from bunny.constants import IGNORE_INDEX
@@ -102,10 +103,11 @@ class BunnyTrainer(Trainer):
         groups = [g for g in (group(False, True), group(False, False), group(True, True), group(True, False)) if g["params"]]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         if self.master_weights:
-            if not isinstance(optimizer_cls, type) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            if is_optimizer_factory(optimizer_cls) or {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
                 raise ValueError(
-                    f"--optim {self.args.optim} does not take parameter groups, so it cannot keep float32 master "
-                    "weights, which --bf16 True uses on the CPU; choose adamw_torch(_fused) or sgd, or train in float32"
+                    f"--optim {self.args.optim} builds its own parameter groups, so it cannot step float32 master "
+                    "weights, which --bf16 True uses on the CPU; choose a torch optimiser (adamw_torch_fused, "
+                    "adamw_torch, sgd, ...) or train in float32"
                 )
             self.optimizer = with_master_weights(optimizer_cls, groups, **optimizer_kwargs)
         else:
