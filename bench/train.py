@@ -133,19 +133,19 @@ def step_functions(args: argparse.Namespace, workload, tower_dir: Path, batch: d
         torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16" else contextlib.nullcontext()
     )
 
-    def forward_backward() -> None:
+    def backward() -> None:
         with autocast:
             loss = model(**batch).loss
         loss.backward()
+
+    def forward_backward() -> None:
+        backward()
         model.zero_grad(set_to_none=True)
 
     def full_step() -> None:
-        with autocast:
-            loss = model(**batch).loss
-        loss.backward()
+        backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)  # the model's gradients: with master weights, not the optimiser's
 
     return forward_backward, full_step
 
