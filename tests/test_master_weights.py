@@ -89,12 +89,22 @@ def test_masters_survive_saving_and_loading_the_state():
         torch.testing.assert_close(b.detach(), a.detach(), atol=0, rtol=0)
 
 
-def test_a_state_without_masters_or_for_other_parameters_is_refused():
+def test_a_state_without_masters_starts_them_from_the_weights(caplog):
+    """A checkpoint of a run without master weights (float32 weights under autocast) resumed here."""
     params = bf16_params((4,))
     optimizer = with_master_weights(torch.optim.AdamW, [{"params": params}], lr=1e-3)
+    with torch.no_grad():
+        params[0].copy_(torch.arange(4.0))  # the checkpoint's weights, loaded after the optimiser was built
     plain = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(4))], lr=1e-3)
-    with pytest.raises(ValueError, match="no float32 master weights"):
+    plain.step()  # no gradient: an empty state
+    with caplog.at_level("WARNING", logger="bunny.train.master_weights"):
         optimizer.load_state_dict(plain.state_dict())
+    assert "no float32 master weights" in caplog.text
+    assert torch.equal(optimizer.param_groups[0]["params"][0], torch.arange(4.0))
+
+
+def test_a_state_for_other_parameters_is_refused():
+    optimizer = with_master_weights(torch.optim.AdamW, [{"params": bf16_params((4,))}], lr=1e-3)
     other = with_master_weights(torch.optim.AdamW, [{"params": bf16_params((4,), (2,))}], lr=1e-3)
     with pytest.raises(ValueError, match="2 master weights do not match this model's 1"):
         optimizer.load_state_dict(other.state_dict())

@@ -11,14 +11,18 @@ on the CPU without DeepSpeed casts the model to bfloat16 and builds its optimise
 As with ZeRO-2, gradients are accumulated in bfloat16 across `--gradient_accumulation_steps` and
 clipped there; each step upcasts them to the masters. The masters are saved in the optimiser's
 state dict (`master_weights`), so a resumed run continues from them rather than from the rounded
-weights in the checkpoint.
+weights in the checkpoint. A state saved without them (a GPU or float32 run's) starts the masters
+from the loaded weights, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 MASTER_KEY = "master_weights"
 
@@ -61,10 +65,14 @@ def with_master_weights(
         state = dict(state)
         saved = state.pop(MASTER_KEY, None)
         if saved is None:
-            raise ValueError(
-                "this optimiser state has no float32 master weights: it was saved by a run that did not "
-                "train in bfloat16 with master weights (--bf16 True on the CPU without DeepSpeed)"
+            # e.g. a checkpoint of a GPU or float32 run: its weights, already loaded, are all there is
+            logger.warning(
+                "the optimiser state has no float32 master weights (saved by a run that trained without "
+                "them); the masters start from the checkpoint's weights as loaded into this bfloat16 model"
             )
+            for param, master in pairs:
+                master.copy_(param)
+            return state
         if len(saved) != len(pairs) or any(s.shape != m.shape for s, (_, m) in zip(saved, pairs)):
             raise ValueError(
                 f"the optimiser state's {len(saved)} master weights do not match this model's "
