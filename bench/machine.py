@@ -4,8 +4,11 @@ efficiency (its figures over these) beside its absolute figures.
 - `matmul_peak`: dense matmul throughput (GFLOP/s) for the workload's own shapes, in float32 and
   bfloat16; the peak is the highest of several rounds over all shapes;
 - `memory_bandwidth`: GB/s of a large copy (bytes read + bytes written);
-- `bf16_native`: the CPU's bfloat16 instructions (`amx_bf16`, `avx512_bf16` in /proc/cpuinfo) and
-  the measured bfloat16 / float32 peak ratio (above ~1.5 only where bfloat16 is native).
+- `bf16_native`: the CPU's bfloat16 instructions (`amx_bf16`, `avx512_bf16` in /proc/cpuinfo), or
+  the GPU's name and bfloat16 support, and the measured bfloat16 / float32 peak ratio (above ~1.5
+  only where bfloat16 is native).
+
+Everything runs on a `device` (the CPU by default; a CUDA GPU is synchronised around each timing).
 
 Peaks on a shared VM move from minute to minute (AMX units warm up, neighbours come and go: the
 bfloat16 peak of one matmul read anywhere from 700 to 2100 GFLOP/s on one machine), so a benchmark
@@ -25,32 +28,45 @@ import torch
 Shape = tuple[int, int, int]  # (m, k, n): [m, k] @ [k, n]
 
 
-def matmul_gflops(shape: Shape, dtype: torch.dtype, seconds: float = 0.25) -> float:
-    """GFLOP/s of `torch.mm` on `shape` in `dtype`, repeated for at least `seconds` after a warm-up."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously; a CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(shape: Shape, dtype: torch.dtype, seconds: float = 0.25, device: torch.device = torch.device("cpu")) -> float:
+    """GFLOP/s of `torch.mm` on `shape` in `dtype` on `device`, repeated for at least `seconds` after
+    a warm-up."""
     m, k, n = shape
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(m, k, generator=generator).to(dtype)
-    b = torch.randn(k, n, generator=generator).to(dtype)
-    out = torch.empty(m, n, dtype=dtype)
+    a = torch.randn(m, k, generator=generator).to(device, dtype)
+    b = torch.randn(k, n, generator=generator).to(device, dtype)
+    out = torch.empty(m, n, dtype=dtype, device=device)
     for _ in range(3):
         torch.mm(a, b, out=out)
+    synchronize(device)
     count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or count < 3:
+    while count < 3 or time.perf_counter() - start < seconds:
         torch.mm(a, b, out=out)
         count += 1
-    return 2 * m * k * n * count / elapsed / 1e9
+        if count % 10 == 0 or device.type == "cpu":
+            synchronize(device)
+    synchronize(device)
+    return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
 
 
-def memory_bandwidth(megabytes: int = 256, seconds: float = 0.25) -> float:
-    """GB/s of copying a `megabytes` float32 tensor: bytes read plus bytes written, per second."""
-    source = torch.ones(megabytes * 2**20 // 4)
+def memory_bandwidth(megabytes: int = 256, seconds: float = 0.25, device: torch.device = torch.device("cpu")) -> float:
+    """GB/s of copying a `megabytes` float32 tensor on `device`: bytes read plus bytes written, per second."""
+    source = torch.ones(megabytes * 2**20 // 4, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
+    synchronize(device)
     count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or count < 2:
+    while count < 2 or time.perf_counter() - start < seconds:
         target.copy_(source)
         count += 1
-    return 2 * source.numel() * 4 * count / elapsed / 1e9
+        synchronize(device)
+    return 2 * source.numel() * 4 * count / (time.perf_counter() - start) / 1e9
 
 
 def cpu_flags() -> set[str]:
@@ -70,6 +86,7 @@ class PeakTracker:
     rounds: dict[str, list[float]] = field(default_factory=dict)  # dtype name -> best GFLOP/s of each round
     per_shape: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> "m x k x n" -> best
     bandwidth: list[float] = field(default_factory=list)
+    device: torch.device = torch.device("cpu")
 
     def measure(self, rounds: int = 3) -> None:
         """`rounds` rounds: every shape in every dtype, then the copy bandwidth."""
@@ -78,13 +95,13 @@ class PeakTracker:
                 name = str(dtype).removeprefix("torch.")
                 best = 0.0
                 for shape in self.shapes:
-                    gflops = matmul_gflops(shape, dtype)
+                    gflops = matmul_gflops(shape, dtype, device=self.device)
                     label = " x ".join(map(str, shape))
                     shapes = self.per_shape.setdefault(name, {})
                     shapes[label] = round(max(shapes.get(label, 0.0), gflops), 1)
                     best = max(best, gflops)
                 self.rounds.setdefault(name, []).append(best)
-            self.bandwidth.append(memory_bandwidth())
+            self.bandwidth.append(memory_bandwidth(device=self.device))
 
     def peak(self, dtype: torch.dtype) -> float:
         return max(self.rounds[str(dtype).removeprefix("torch.")])
@@ -102,18 +119,19 @@ class PeakTracker:
             }
             for name, values in self.rounds.items()
         }
-        flags = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16", "amx_tile", "avx512f", "avx2"})
         ratio = None
         if {"float32", "bfloat16"} <= set(self.rounds):
             ratio = round(max(self.rounds["bfloat16"]) / max(self.rounds["float32"]), 2)
+        if self.device.type == "cuda":
+            bf16 = {"gpu": torch.cuda.get_device_name(self.device), "native": torch.cuda.is_bf16_supported()}
+        else:
+            flags = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16", "amx_tile", "avx512f", "avx2"})
+            bf16 = {"cpu_flags": flags, "native": bool({"amx_bf16", "avx512_bf16"} & set(flags))}
         return {
+            "device": str(self.device),
             "matmul": peaks,
             "memory_bandwidth_gb_s": {
                 "peak": round(max(self.bandwidth), 1), "lowest": round(min(self.bandwidth), 1),
             } if self.bandwidth else None,
-            "bf16": {
-                "cpu_flags": flags,
-                "native": bool({"amx_bf16", "avx512_bf16"} & set(flags)),
-                "measured_bf16_over_fp32": ratio,
-            },
+            "bf16": {**bf16, "measured_bf16_over_fp32": ratio},
         }

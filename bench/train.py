@@ -21,7 +21,10 @@ under autocast) and reports the ratio. `--autocast-only` times that alone. Repor
 
 Every figure is the median over `--repeats` runs after one untimed warm-up, with the best run.
 
-Run as: python bench/train.py [--dtype bfloat16 [--autocast-only]] [--repeats N] [--quick]
+`--device cuda` runs the step on a GPU (synchronised around each timing) and measures the GPU's
+peaks; `--spec-peak-tflops` adds MFU against the datasheet's dense peak. Not yet run on a GPU.
+
+Run as: python bench/train.py [--dtype bfloat16 [--autocast-only]] [--device cuda] [--repeats N] [--quick]
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import PeakTracker  # noqa: E402
+from machine import PeakTracker, synchronize  # noqa: E402
 from inference import (  # noqa: E402
     ENV_KEYS,
     WORKLOADS,
@@ -115,9 +118,11 @@ def training_step_flops(workload, batch: int, ids: int) -> dict[str, int]:
 
 
 def step_functions(args: argparse.Namespace, workload, tower_dir: Path, batch: dict, master_weights: bool):
-    """(forward + backward, full step with the optimiser) of one model built for the run's dtype;
-    bfloat16 with `master_weights` as `--bf16 True` trains on a CPU, else float32 weights."""
-    model = build_model(workload, torch.float32, tower_dir, attn_implementation=None)
+    """(forward + backward, full step with the optimiser) of one model built for the run's dtype and
+    device; bfloat16 with `master_weights` as `--bf16 True` trains on a CPU (and DeepSpeed on a GPU),
+    else float32 weights. Each returns once the device has finished."""
+    device = torch.device(args.device)
+    model = build_model(workload, torch.float32, tower_dir, attn_implementation=None).to(device)
     model.train()
     model.get_vision_tower().requires_grad_(False)
     if args.dtype == "bfloat16":
@@ -130,7 +135,7 @@ def step_functions(args: argparse.Namespace, workload, tower_dir: Path, batch: d
     else:
         optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
     autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16" else contextlib.nullcontext()
+        torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else contextlib.nullcontext()
     )
 
     def backward() -> None:
@@ -141,11 +146,13 @@ def step_functions(args: argparse.Namespace, workload, tower_dir: Path, batch: d
     def forward_backward() -> None:
         backward()
         model.zero_grad(set_to_none=True)
+        synchronize(device)
 
     def full_step() -> None:
         backward()
         optimizer.step()
         model.zero_grad(set_to_none=True)  # the model's gradients: with master weights, not the optimiser's
+        synchronize(device)
 
     return forward_backward, full_step
 
@@ -154,13 +161,14 @@ def training_step_times(args: argparse.Namespace, workload, tower_dir: Path) -> 
     generator = torch.Generator().manual_seed(0)
     ids = 300 if not args.quick else 40
     batch = make_batch(4, ids, 40 if not args.quick else 8, workload.vocab_size, workload.image_size, generator)
+    batch = {key: value.to(args.device) for key, value in batch.items()}
     positions = ids - 1 + workload.image_tokens
     master_weights = args.dtype == "bfloat16" and not args.autocast_only
     functions = list(step_functions(args, workload, tower_dir, batch, master_weights))
     if master_weights:  # the Trainer's default beside it, for the same-run ratio
         functions += step_functions(args, workload, tower_dir, batch, master_weights=False)
 
-    peaks = PeakTracker(matmul_shapes(workload, 4 * positions))
+    peaks = PeakTracker(matmul_shapes(workload, 4 * positions), device=torch.device(args.device))
     rounds = 1 if args.quick else 3
     peaks.measure(rounds)  # around the workload: before and after it
     # in turn, so that the machine's drift (AMX warming up, neighbours) hits all alike
@@ -185,6 +193,8 @@ def training_step_times(args: argparse.Namespace, workload, tower_dir: Path) -> 
         },
         "machine": peaks.report(),
     }
+    if args.spec_peak_tflops:
+        result["efficiency"]["step_over_spec_peak"] = round(flops["total"] / step_median / 1e12 / args.spec_peak_tflops, 3)
     if autocast_only:
         autocast_step = statistics.median(autocast_only[1])
         result["float32_weights_under_autocast"] = {
@@ -266,7 +276,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the workload uses 2)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--skip-data", action="store_true", help="time the training step only")
-    return parser.parse_args(argv)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for the GPU run (the data pipeline stays on the CPU)")
+    parser.add_argument("--spec-peak-tflops", type=float, default=None,
+                        help="the device's datasheet dense peak in the run's dtype (H100 SXM bf16: 989), to report MFU against it too")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: only cpu and cuda are measured")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -280,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
         "weights": "float32" if args.dtype == "float32" or args.autocast_only else "bfloat16, float32 masters",
         "threads": args.threads,
         "repeats": args.repeats,
+        "device": args.device,
         "cpu": cpu_name(),
+        **({"gpu": torch.cuda.get_device_name(torch.device(args.device))} if args.device.startswith("cuda") else {}),
         "torch": torch.__version__,
         "env": {key: os.environ[key] for key in ENV_KEYS if key in os.environ},
     }
@@ -292,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_data:
             result["data_pipeline"] = data_pipeline(args, workload, tower_dir, Path(tmp))
         result["wall_s"] = round(time.perf_counter() - start, 1)
-    if not args.quick:
+    if not args.quick and args.device == "cpu":  # the original's figures and these goals are CPU ones
         step = result["training"]["step_s"]["median"]
         result["original_step_s"] = ORIGINAL_SECONDS_PER_STEP[args.dtype]
         result["goal_step_s"] = GOAL_SECONDS_PER_STEP[args.dtype]

@@ -41,6 +41,16 @@ def test_a_benchmark_prints_only_its_json_result(script, extra, keys):
         assert all(sum(level["prefill_groups"]) == level["requests"] for level in result["levels"])
 
 
+def test_a_device_torch_cannot_use_is_refused_by_name():
+    import torch
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "train.py"), "--quick", "--device", "cuda" if not torch.cuda.is_available() else "mps"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 2 and "--device" in done.stderr and not done.stdout
+
+
 @pytest.mark.parametrize("batch, ids", [(4, 40), (2, 23)])
 def test_the_training_flop_formula_counts_what_torch_counts(batch, ids, tmp_path, monkeypatch):
     """bench/train.py's model-FLOP formula against torch's FlopCounterMode on a real forward +
