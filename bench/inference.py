@@ -25,7 +25,10 @@ heads); prompts of 44 text ids plus one image (300 prefill positions); greedy de
 Every figure is the median over `--repeats` timed runs after one untimed warm-up run; the best run
 is reported next to it.
 
-Run as: python bench/inference.py [--dtype bfloat16] [--repeats N] [--quick]
+`--device cuda` runs the model and the peaks on a GPU (synchronised around each timing); it has
+not yet run on one.
+
+Run as: python bench/inference.py [--dtype bfloat16] [--device cuda] [--repeats N] [--quick]
         [--cache default|hf-dynamic|static] [--compile] [--attn-implementation eager] [--grad-mode no_grad]
 """
 
@@ -55,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bunny.constants import IMAGE_TOKEN_INDEX  # noqa: E402
-from machine import PeakTracker  # noqa: E402
+from machine import PeakTracker, device_name, parse_device, synchronize  # noqa: E402
 from bunny.model import BunnyPhiConfig, BunnyPhiForCausalLM  # noqa: E402
 
 logger = logging.getLogger("bench.inference")
@@ -373,7 +376,7 @@ def bare_llm(model: BunnyPhiForCausalLM) -> Any:
 
 def bare_generate_fn(bare: Any, embeds: torch.Tensor, new_tokens: int, clocks: list[tuple[float, TokenClock]]) -> Callable[[], Any]:
     """The bare LLM's own `generate` on `inputs_embeds` (no image, no Bunny code), timestamped."""
-    mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
 
     def run() -> None:
         streamer = TokenClock()
@@ -412,33 +415,40 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     workload = WORKLOADS["quick" if args.quick else "issue"]
     dtype = DTYPES[args.dtype]
+    device = torch.device(args.device)
     new_tokens = workload.new_tokens
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
 
     load_before = round(os.getloadavg()[0], 2)  # other processes on the machine skew the timings
     with tempfile.TemporaryDirectory(prefix="bunny-bench-tower-") as tmp:
         save_random_siglip_tower(workload, Path(tmp))
-        model = build_model(workload, dtype, Path(tmp), args.attn_implementation)
+        model = build_model(workload, dtype, Path(tmp), args.attn_implementation).to(device)
 
     single_ids, single_mask = make_prompts([workload.text_length], workload.vocab_size, generator)
     single_image = make_images(1, workload.image_size, dtype, generator)
     batch_lengths = [workload.text_length + d for d in workload.text_length_spread]
     batch_ids, batch_mask = make_prompts(batch_lengths, workload.vocab_size, generator)
     batch_images = make_images(len(batch_lengths), workload.image_size, dtype, generator)
+    single_ids, single_mask, single_image, batch_ids, batch_mask, batch_images = (
+        t.to(device) for t in (single_ids, single_mask, single_image, batch_ids, batch_mask, batch_images)
+    )
     prefill_positions = workload.text_length + workload.image_tokens
     options = generation_options(args.cache, args.compile, model)
 
     def prefill() -> None:
         model(input_ids=single_ids, images=single_image, attention_mask=single_mask, use_cache=True, logits_to_keep=1)
+        synchronize(device)
 
     def encode_image() -> None:
         model.encode_images(single_image)
+        synchronize(device)
 
-    bare = bare_llm(model)
-    scale = model.get_input_embeddings().weight.float().std()
-    bare_embeds = (torch.randn(1, prefill_positions, workload.hidden_size, generator=generator) * scale).to(dtype)
+    bare = bare_llm(model).to(device)
+    scale = model.get_input_embeddings().weight.float().std().cpu()
+    bare_embeds = (torch.randn(1, prefill_positions, workload.hidden_size, generator=generator) * scale).to(device, dtype)
     d, f = workload.hidden_size, workload.intermediate_size
-    peaks = PeakTracker([(1, d, d), (1, d, f), (1, f, d), (prefill_positions, d, d), (prefill_positions, d, f)])
+    shapes = [(1, d, d), (1, d, f), (1, f, d), (prefill_positions, d, d), (prefill_positions, d, f)]
+    peaks = PeakTracker(shapes, device=device)
     rounds = 1 if args.quick else 2
     with torch.inference_mode() if args.grad_mode == "inference_mode" else torch.no_grad():
         peaks.measure(rounds)  # around the workload: before and after it
@@ -494,7 +504,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         },
         "machine": machine,
     }
-    if not args.quick:
+    if not args.quick and device.type == "cpu":  # the original's figures and these goals are CPU ones
         speedup = single_tps["median"] / ORIGINAL_BATCH1_TOKENS_PER_S[args.dtype]
         results["goals"] = {
             "original_batch1_tokens_per_s": ORIGINAL_BATCH1_TOKENS_PER_S[args.dtype],
@@ -506,7 +516,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "workload": "quick" if args.quick else "issue",
         "dtype": args.dtype,
         "threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": args.device,
+        "gpu": device_name(device),
         "cpu": cpu_name(),
         "load_average_1min_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "env": {k: v for k, v in os.environ.items() if k in ENV_KEYS or k.startswith("MALLOC_")},
@@ -549,6 +560,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 8 new tokens, for a smoke test")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the issue's workload uses 2)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] to run the model and the peaks on a GPU")
     parser.add_argument(
         "--attn-implementation",
         choices=["sdpa", "eager"],
@@ -578,6 +590,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--compile needs --cache static (generate only compiles with a static cache)")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    parse_device(parser, args.device)
     return args
 
 

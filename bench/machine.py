@@ -18,6 +18,7 @@ and reports the spread.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,21 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a GPU runs asynchronously; a CPU needs nothing)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def parse_device(parser: argparse.ArgumentParser, value: str) -> torch.device:
+    """`--device` of a benchmark: the CPU or a CUDA GPU torch can use, else the parser's error."""
+    device = torch.device(value)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {value}: only cpu and cuda are measured")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {value}: torch sees no CUDA device here")
+    return device
+
+
+def device_name(device: torch.device) -> str | None:
+    """The GPU's name, or None on the CPU."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 def matmul_gflops(shape: Shape, dtype: torch.dtype, seconds: float = 0.25, device: torch.device = torch.device("cpu")) -> float:
@@ -123,7 +139,7 @@ class PeakTracker:
         if {"float32", "bfloat16"} <= set(self.rounds):
             ratio = round(max(self.rounds["bfloat16"]) / max(self.rounds["float32"]), 2)
         if self.device.type == "cuda":
-            bf16 = {"gpu": torch.cuda.get_device_name(self.device), "native": torch.cuda.is_bf16_supported()}
+            bf16 = {"gpu": device_name(self.device), "native": torch.cuda.is_bf16_supported()}
         else:
             flags = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16", "amx_tile", "avx512f", "avx2"})
             bf16 = {"cpu_flags": flags, "native": bool({"amx_bf16", "avx512_bf16"} & set(flags))}

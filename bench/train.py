@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import PeakTracker, synchronize  # noqa: E402
+from machine import PeakTracker, device_name, parse_device, synchronize  # noqa: E402
 from inference import (  # noqa: E402
     ENV_KEYS,
     WORKLOADS,
@@ -280,11 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spec-peak-tflops", type=float, default=None,
                         help="the device's datasheet dense peak in the run's dtype (H100 SXM bf16: 989), to report MFU against it too")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device {args.device}: only cpu and cuda are measured")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: torch sees no CUDA device here")
+    parse_device(parser, args.device)
     return args
 
 
@@ -301,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "device": args.device,
         "cpu": cpu_name(),
-        **({"gpu": torch.cuda.get_device_name(torch.device(args.device))} if args.device.startswith("cuda") else {}),
+        "gpu": device_name(torch.device(args.device)),
         "torch": torch.__version__,
         "env": {key: os.environ[key] for key in ENV_KEYS if key in os.environ},
     }

@@ -41,11 +41,12 @@ def test_a_benchmark_prints_only_its_json_result(script, extra, keys):
         assert all(sum(level["prefill_groups"]) == level["requests"] for level in result["levels"])
 
 
-def test_a_device_torch_cannot_use_is_refused_by_name():
+@pytest.mark.parametrize("script", ["train.py", "inference.py"])
+def test_a_device_torch_cannot_use_is_refused_by_name(script):
     import torch
 
     done = subprocess.run(
-        [sys.executable, str(BENCH / "train.py"), "--quick", "--device", "cuda" if not torch.cuda.is_available() else "mps"],
+        [sys.executable, str(BENCH / script), "--quick", "--device", "cuda" if not torch.cuda.is_available() else "mps"],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 2 and "--device" in done.stderr and not done.stdout
