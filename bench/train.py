@@ -281,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the device's datasheet dense peak in the run's dtype (H100 SXM bf16: 989), to report MFU against it too")
     args = parser.parse_args(argv)
     parse_device(parser, args.device)
+    if args.spec_peak_tflops is not None and args.spec_peak_tflops <= 0:
+        parser.error(f"--spec-peak-tflops must be positive, got {args.spec_peak_tflops}")
     return args
 
 

@@ -52,6 +52,13 @@ def test_a_device_torch_cannot_use_is_refused_by_name(script):
     assert done.returncode == 2 and "--device" in done.stderr and not done.stdout
 
 
+def test_a_datasheet_peak_that_is_not_positive_is_refused():
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "train.py"), "--quick", "--spec-peak-tflops", "0"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 2 and "--spec-peak-tflops must be positive" in done.stderr and not done.stdout
+
+
 @pytest.mark.parametrize("batch, ids", [(4, 40), (2, 23)])
 def test_the_training_flop_formula_counts_what_torch_counts(batch, ids, tmp_path, monkeypatch):
     """bench/train.py's model-FLOP formula against torch's FlopCounterMode on a real forward +
